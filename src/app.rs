@@ -1,0 +1,126 @@
+//! Start-up and shutdown: wires the adapters to the domain, serves HTTP and runs the worker until
+//! one shutdown signal stops both.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::domain::{Settings, SystemClock, TaskService};
+use crate::kafka_publisher::{KafkaPublisher, KafkaSettings};
+use crate::redis_store::{RedisSettings, RedisStore};
+use crate::{http, worker};
+
+/// The service as it runs in production: Redis store, Kafka publisher, system clock.
+pub type Service = TaskService<RedisStore, KafkaPublisher>;
+
+/// A service ready to run: adapters made, HTTP port bound.
+pub struct App {
+    config: Config,
+    service: Arc<Service>,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Makes the adapters and binds the HTTP port. Redis and Kafka need not be up yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = RedisStore::connect(&RedisSettings {
+            addr: config.redis_addr.clone(),
+            password: Some(config.redis_password.expose().to_owned()),
+            db: config.redis_db,
+            key_prefix: config.redis_key_prefix.clone(),
+            timeout: config.redis_timeout,
+        })
+        .context("REDIS_ADDR")?;
+        let publisher = KafkaPublisher::new(KafkaSettings {
+            message_timeout: config.kafka_message_timeout,
+            linger: config.kafka_linger,
+            extra: Vec::new(),
+        });
+        let settings = Settings {
+            max_delay: config.max_retry_delay,
+            batch_size: config.worker_batch_size,
+            lease: config.lease_duration,
+            store_timeout: config.redis_timeout,
+        };
+        let service = Arc::new(TaskService::new(
+            store,
+            publisher,
+            Arc::new(SystemClock),
+            settings,
+        ));
+        let address = format!("{}:{}", config.http_host, config.http_port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (HTTP_HOST, HTTP_PORT)"))?;
+        Ok(Self {
+            config,
+            service,
+            listener,
+        })
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// The service behind the API.
+    pub fn service(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
+    /// Serves HTTP and runs the worker until `shutdown` is cancelled (or either stops), then
+    /// lets in-flight publishes finish within the grace period and flushes the producers.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            service,
+            listener,
+        } = self;
+        info!(address = %listener.local_addr()?, "listening");
+        let router = http::router(service.clone(), config.http_body_limit);
+        let mut server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        });
+        let mut worker = tokio::spawn(worker::run(
+            service.clone(),
+            config.poll_interval,
+            config.shutdown_grace,
+            shutdown.clone(),
+        ));
+
+        let served = tokio::select! {
+            served = &mut server => {
+                info!("HTTP server stopped first");
+                shutdown.cancel();
+                let _ = tokio::time::timeout(config.shutdown_grace * 2, &mut worker).await;
+                served
+            }
+            _ = &mut worker => {
+                info!("worker stopped first");
+                shutdown.cancel();
+                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        warn!("HTTP connections still open after the grace period; closing them");
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        service.publisher().flush(config.shutdown_grace).await;
+        info!("shutdown complete");
+        served.context("HTTP server task")?.context("HTTP server")
+    }
+}

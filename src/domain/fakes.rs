@@ -1,0 +1,194 @@
+//! In-memory stand-ins for the ports, for unit and handler tests.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use super::ports::{Claim, Clock, Outcome, PublishError, Publisher, StoreError, TaskStore};
+use super::task::{Destination, Millis, Task, TaskId};
+
+/// A clock that moves only when told.
+#[derive(Debug, Default)]
+pub(crate) struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub(crate) fn set(&self, now: Millis) {
+        self.0.store(now, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    records: HashMap<TaskId, Task>,
+    schedule: BTreeSet<(Millis, TaskId)>,
+    leases: HashMap<TaskId, Millis>,
+    dead: HashSet<TaskId>,
+}
+
+/// A task store in memory, with the same claim and lease rules as the Redis one.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryStore {
+    tables: Mutex<Tables>,
+    down: AtomicBool,
+}
+
+impl MemoryStore {
+    /// Makes every call fail (or succeed again).
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn tables(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError("connection refused".into()));
+        }
+        Ok(self.tables.lock().expect("store lock"))
+    }
+
+    /// The stored record of a task.
+    pub(crate) fn record(&self, id: TaskId) -> Option<Task> {
+        self.tables
+            .lock()
+            .expect("store lock")
+            .records
+            .get(&id)
+            .cloned()
+    }
+
+    /// Due times in the schedule.
+    pub(crate) fn scheduled(&self) -> Vec<(Millis, TaskId)> {
+        let tables = self.tables.lock().expect("store lock");
+        tables.schedule.iter().copied().collect()
+    }
+
+    /// Whether the task is kept as dead.
+    pub(crate) fn is_dead(&self, id: TaskId) -> bool {
+        self.tables.lock().expect("store lock").dead.contains(&id)
+    }
+}
+
+impl TaskStore for MemoryStore {
+    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+        let mut tables = self.tables()?;
+        tables.schedule.insert((task.due_at, task.id));
+        tables.records.insert(task.id, task.clone());
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        now: Millis,
+        limit: usize,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        let mut tables = self.tables()?;
+        let mut ids: Vec<TaskId> = tables
+            .leases
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect();
+        let due: Vec<(Millis, TaskId)> = tables
+            .schedule
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit - ids.len())
+            .copied()
+            .collect();
+        for entry in &due {
+            tables.schedule.remove(entry);
+            ids.push(entry.1);
+        }
+        let mut tasks = Vec::new();
+        for id in ids {
+            tables.leases.insert(id, lease_until);
+            if let Some(task) = tables.records.get(&id) {
+                tasks.push(task.clone());
+            }
+        }
+        let next_due = tables.schedule.iter().next().map(|(at, _)| *at);
+        Ok(Claim {
+            tasks,
+            lease_until,
+            next_due,
+        })
+    }
+
+    async fn settle(&self, lease_until: Millis, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let mut tables = self.tables()?;
+        for outcome in outcomes {
+            let id = outcome.task_id();
+            if tables.leases.get(&id) != Some(&lease_until) {
+                continue;
+            }
+            tables.leases.remove(&id);
+            match outcome {
+                Outcome::Done(_) => {
+                    tables.records.remove(&id);
+                }
+                Outcome::Reschedule(task) => {
+                    tables.schedule.insert((task.due_at, id));
+                    tables.records.insert(id, task.clone());
+                }
+                Outcome::Bury(task) => {
+                    tables.dead.insert(id);
+                    tables.records.insert(id, task.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.tables().map(|_| ())
+    }
+}
+
+/// A publisher that records what it is given; topics can be made to fail or hang.
+#[derive(Debug, Default)]
+pub(crate) struct FakePublisher {
+    published: Mutex<Vec<(String, i32, Vec<u8>)>>,
+    failing: Mutex<HashSet<String>>,
+    hanging: Mutex<HashSet<String>>,
+}
+
+impl FakePublisher {
+    /// Every publish to `topic` fails from now on.
+    pub(crate) fn fail_topic(&self, topic: &str) {
+        self.failing.lock().expect("lock").insert(topic.to_owned());
+    }
+
+    /// Every publish to `topic` never resolves.
+    pub(crate) fn hang_topic(&self, topic: &str) {
+        self.hanging.lock().expect("lock").insert(topic.to_owned());
+    }
+
+    /// What was published so far: topic, partition, payload.
+    pub(crate) fn published(&self) -> Vec<(String, i32, Vec<u8>)> {
+        self.published.lock().expect("lock").clone()
+    }
+}
+
+impl Publisher for FakePublisher {
+    async fn publish(&self, destination: &Destination, payload: &[u8]) -> Result<(), PublishError> {
+        let topic = destination.topic.as_str().to_owned();
+        if self.hanging.lock().expect("lock").contains(&topic) {
+            std::future::pending::<()>().await;
+        }
+        if self.failing.lock().expect("lock").contains(&topic) {
+            return Err(PublishError(format!("{topic} is failing")));
+        }
+        self.published
+            .lock()
+            .expect("lock")
+            .push((topic, destination.partition, payload.to_vec()));
+        Ok(())
+    }
+}

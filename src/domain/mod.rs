@@ -1,0 +1,18 @@
+//! The domain: tasks, their rules, the ports they need and the use cases. It depends on no
+//! adapter; Redis, Kafka and HTTP live outside it.
+
+pub mod ports;
+pub mod service;
+pub mod task;
+
+#[cfg(test)]
+pub(crate) mod fakes;
+
+pub use ports::{
+    Claim, Clock, Outcome, PublishError, Publisher, StoreError, SystemClock, TaskStore,
+};
+pub use service::{Settings, Step, TaskService};
+pub use task::{
+    Destination, DestinationRequest, Millis, NewTask, Task, TaskId, TaskRequest, TaskState, Topic,
+    ValidationError,
+};

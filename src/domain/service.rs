@@ -1,0 +1,454 @@
+//! The use cases: schedule a task, and deliver the tasks that are due.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tracing::{error, info, warn};
+
+use super::ports::{Claim, Clock, Outcome, Publisher, StoreError, TaskStore};
+use super::task::{AfterFailure, Millis, NewTask, Task, TaskId, TaskState};
+
+/// The knobs the use cases need, read from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The longest single delay between two attempts.
+    pub max_delay: Duration,
+    /// How many tasks one worker step claims at most.
+    pub batch_size: usize,
+    /// How long a claim keeps other instances away from its tasks.
+    pub lease: Duration,
+    /// How long one call to the store may take before it counts as failed.
+    pub store_timeout: Duration,
+}
+
+/// What one worker step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Step {
+    /// How many tasks it claimed.
+    pub claimed: usize,
+    /// How many of those it handed back unfinished (only when told to give up).
+    pub released: usize,
+    /// When the earliest task left in the schedule falls due.
+    pub next_due: Option<Millis>,
+}
+
+/// Schedules tasks and delivers them, over a store and a publisher.
+pub struct TaskService<S, P> {
+    store: S,
+    publisher: P,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+impl<S: TaskStore, P: Publisher> TaskService<S, P> {
+    /// A service over the given adapters.
+    pub fn new(store: S, publisher: P, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        Self {
+            store,
+            publisher,
+            clock,
+            settings,
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The current time, by the service's clock.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// The store it keeps tasks in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The publisher it delivers with.
+    pub fn publisher(&self) -> &P {
+        &self.publisher
+    }
+
+    /// Stores a validated task and schedules its first attempt.
+    pub async fn create(&self, new: NewTask) -> Result<Task, StoreError> {
+        let task = Task::new(
+            TaskId::generate(),
+            new,
+            self.clock.now(),
+            self.settings.max_delay,
+        );
+        self.bounded(self.store.create(&task)).await?;
+        info!(
+            task_id = %task.id,
+            attempt = 1,
+            max_retries = task.max_retries,
+            topic = %task.destination.topic,
+            due_at = task.due_at,
+            "task scheduled"
+        );
+        Ok(task)
+    }
+
+    /// Answers when the store is reachable.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        self.bounded(self.store.ping()).await
+    }
+
+    /// One worker step: claims a batch of due tasks, publishes them all concurrently, and records
+    /// every outcome in one write. When `give_up` resolves, publishes still in flight are
+    /// abandoned and their tasks handed back to the schedule unchanged.
+    pub async fn deliver_due(&self, give_up: impl Future<Output = ()>) -> Result<Step, StoreError> {
+        let now = self.clock.now();
+        let lease_until = now.saturating_add(millis(self.settings.lease));
+        let Claim {
+            tasks, next_due, ..
+        } = self
+            .bounded(
+                self.store
+                    .claim_due(now, self.settings.batch_size, lease_until),
+            )
+            .await?;
+        let mut step = Step {
+            claimed: tasks.len(),
+            released: 0,
+            next_due,
+        };
+        if tasks.is_empty() {
+            return Ok(step);
+        }
+
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; tasks.len()];
+        {
+            let mut in_flight: FuturesUnordered<_> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, task)| async move { (i, self.attempt(task).await) })
+                .collect();
+            let give_up = std::pin::pin!(give_up);
+            let mut give_up = give_up;
+            loop {
+                tokio::select! {
+                    done = in_flight.next() => match done {
+                        Some((i, outcome)) => outcomes[i] = Some(outcome),
+                        None => break,
+                    },
+                    () = &mut give_up => break,
+                }
+            }
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .zip(tasks)
+            .map(|(outcome, task)| {
+                outcome.unwrap_or_else(|| {
+                    step.released += 1;
+                    Outcome::Reschedule(task)
+                })
+            })
+            .collect();
+        if step.released > 0 {
+            warn!(
+                released = step.released,
+                "shutdown grace ran out; unfinished tasks handed back to the schedule"
+            );
+        }
+        self.settle(lease_until, &outcomes).await?;
+        Ok(step)
+    }
+
+    /// Publishes one claimed task and says what to record. A task whose last attempt fails goes
+    /// straight on to its dead-letter destination.
+    async fn attempt(&self, task: &Task) -> Outcome {
+        let mut dead_lettering: Option<Task> = None;
+        loop {
+            let current = dead_lettering.as_ref().unwrap_or(task);
+            let Some(target) = current.target() else {
+                return Outcome::Bury(current.clone());
+            };
+            let attempt = current.attempt();
+            let result = self
+                .publisher
+                .publish(target, current.payload.as_bytes())
+                .await;
+            let error = match result {
+                Ok(()) => {
+                    let event = match current.state {
+                        TaskState::DeadLettering => "task dead-lettered",
+                        _ => "task delivered",
+                    };
+                    info!(
+                        task_id = %current.id,
+                        attempt,
+                        max_retries = current.max_retries,
+                        topic = %target.topic,
+                        partition = target.partition,
+                        "{event}"
+                    );
+                    return Outcome::Done(current.id);
+                }
+                Err(error) => error.0,
+            };
+            warn!(
+                task_id = %current.id,
+                attempt,
+                max_retries = current.max_retries,
+                topic = %target.topic,
+                partition = target.partition,
+                error = %error,
+                "publish failed"
+            );
+            let now = self.clock.now();
+            match current.clone().fail(error, now, self.settings.max_delay) {
+                AfterFailure::Retry(next) => return Outcome::Reschedule(next),
+                AfterFailure::DeadLetter(next) => dead_lettering = Some(next),
+                AfterFailure::Bury(dead) => {
+                    error!(
+                        task_id = %dead.id,
+                        attempt,
+                        max_retries = dead.max_retries,
+                        topic = %dead.destination.topic,
+                        "retries exhausted and no dead destination; task kept as dead"
+                    );
+                    return Outcome::Bury(dead);
+                }
+            }
+        }
+    }
+
+    /// Records outcomes, retrying while the lease lasts so that a brief store outage does not
+    /// make another instance publish the same tasks again.
+    async fn settle(&self, lease_until: Millis, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.bounded(self.store.settle(lease_until, outcomes)).await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.clock.now() + millis(pause) < lease_until => {
+                    warn!(error = %e, tasks = outcomes.len(), "recording outcomes failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    error!(
+                        error = %e,
+                        tasks = outcomes.len(),
+                        "recording outcomes failed; the lease will run out and the tasks be retried"
+                    );
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.settings.store_timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(StoreError("timed out".into())))
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fakes::{FakePublisher, ManualClock, MemoryStore};
+    use crate::domain::task::{DestinationRequest, TaskRequest};
+
+    type Service = TaskService<MemoryStore, FakePublisher>;
+
+    fn service() -> (Service, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let settings = Settings {
+            max_delay: Duration::from_secs(86_400),
+            batch_size: 100,
+            lease: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(1),
+        };
+        let service = TaskService::new(
+            MemoryStore::default(),
+            FakePublisher::default(),
+            clock.clone(),
+            settings,
+        );
+        (service, clock)
+    }
+
+    fn new_task(max_retries: i64, dead_topic: Option<&str>) -> NewTask {
+        let destination = |topic: &str| DestinationRequest {
+            topic: Some(topic.into()),
+            partition: Some(2),
+            kafka_conn_string: Some("localhost:9092".into()),
+        };
+        NewTask::try_from(TaskRequest {
+            payload: Some("hello".into()),
+            destination: Some(destination("orders")),
+            dead_destination: dead_topic.map(destination),
+            max_retries: Some(max_retries),
+            retry_delay_seconds: Some(10),
+        })
+        .expect("valid task")
+    }
+
+    async fn step(service: &Service) -> Step {
+        service
+            .deliver_due(std::future::pending())
+            .await
+            .expect("step succeeds")
+    }
+
+    #[tokio::test]
+    async fn a_task_is_not_published_before_it_is_due() {
+        let (service, clock) = service();
+        service.create(new_task(3, None)).await.expect("created");
+        clock.set(9_999);
+        assert_eq!(step(&service).await.claimed, 0);
+        assert!(service.publisher().published().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_due_task_is_published_once_and_forgotten() {
+        let (service, clock) = service();
+        let task = service.create(new_task(3, None)).await.expect("created");
+        clock.set(10_000);
+        assert_eq!(step(&service).await.claimed, 1);
+        assert_eq!(
+            service.publisher().published(),
+            [("orders".to_owned(), 2, b"hello".to_vec())]
+        );
+        assert!(service.store().record(task.id).is_none());
+        assert_eq!(step(&service).await.claimed, 0);
+    }
+
+    #[tokio::test]
+    async fn failed_attempts_follow_the_backoff_then_dead_letter_in_the_same_step() {
+        let (service, clock) = service();
+        service.publisher().fail_topic("orders");
+        let task = service
+            .create(new_task(3, Some("dlq")))
+            .await
+            .expect("created");
+        clock.set(10_000);
+        step(&service).await;
+        assert_eq!(service.store().scheduled(), [(30_000, task.id)]);
+        clock.set(30_000);
+        step(&service).await;
+        assert_eq!(service.store().scheduled(), [(70_000, task.id)]);
+        clock.set(70_000);
+        step(&service).await;
+        assert_eq!(
+            service.publisher().published(),
+            [("dlq".to_owned(), 2, b"hello".to_vec())]
+        );
+        assert!(service.store().record(task.id).is_none());
+        assert!(service.store().scheduled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_task_without_dead_destination_is_kept_as_dead() {
+        let (service, clock) = service();
+        service.publisher().fail_topic("orders");
+        let task = service.create(new_task(1, None)).await.expect("created");
+        clock.set(10_000);
+        step(&service).await;
+        let record = service.store().record(task.id).expect("kept");
+        assert_eq!(record.state, TaskState::Dead);
+        assert_eq!(record.attempts, 1);
+        assert_eq!(record.last_error.as_deref(), Some("orders is failing"));
+        assert!(service.store().is_dead(task.id));
+        assert!(service.store().scheduled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failing_dead_letter_publish_keeps_the_task_and_retries_it() {
+        let (service, clock) = service();
+        service.publisher().fail_topic("orders");
+        service.publisher().fail_topic("dlq");
+        let task = service
+            .create(new_task(1, Some("dlq")))
+            .await
+            .expect("created");
+        clock.set(10_000);
+        step(&service).await;
+        let record = service.store().record(task.id).expect("kept");
+        assert_eq!(record.state, TaskState::DeadLettering);
+        assert_eq!(record.dead_letter_attempts, 1);
+        assert_eq!(service.store().scheduled(), [(30_000, task.id)]);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_task_is_not_claimed_again_until_its_lease_runs_out() {
+        let (service, clock) = service();
+        let task = service.create(new_task(1, None)).await.expect("created");
+        let store = service.store();
+        let first = store.claim_due(10_000, 10, 40_000).await.expect("claim");
+        assert_eq!(first.tasks.len(), 1);
+        let second = store.claim_due(39_999, 10, 69_999).await.expect("claim");
+        assert!(second.tasks.is_empty());
+        clock.set(40_000);
+        step(&service).await;
+        assert_eq!(service.publisher().published().len(), 1);
+        store
+            .settle(40_000, &[Outcome::Reschedule(task.clone())])
+            .await
+            .expect("settle");
+        assert!(
+            store.record(task.id).is_none(),
+            "the stale claim changed nothing"
+        );
+        assert!(store.scheduled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn giving_up_hands_unfinished_tasks_back_unchanged() {
+        let (service, clock) = service();
+        service.publisher().hang_topic("orders");
+        let task = service.create(new_task(3, None)).await.expect("created");
+        clock.set(10_000);
+        let step = service
+            .deliver_due(std::future::ready(()))
+            .await
+            .expect("step");
+        assert_eq!(step.released, 1);
+        assert_eq!(service.store().scheduled(), [(10_000, task.id)]);
+        assert_eq!(service.store().record(task.id).map(|t| t.attempts), Some(0));
+    }
+
+    #[tokio::test]
+    async fn outcomes_are_recorded_after_a_brief_store_outage() {
+        let (service, clock) = service();
+        let task = service.create(new_task(3, None)).await.expect("created");
+        clock.set(10_000);
+        let claim = service
+            .store()
+            .claim_due(10_000, 10, 40_000)
+            .await
+            .expect("claim");
+        service.store().set_down(true);
+        let store_returns = async {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            service.store().set_down(false);
+        };
+        let outcomes = [Outcome::Done(claim.tasks[0].id)];
+        let (result, ()) = tokio::join!(service.settle(40_000, &outcomes), store_returns);
+        result.expect("settled once the store came back");
+        assert!(service.store().record(task.id).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_fails_creation() {
+        let (service, _) = service();
+        service.store().set_down(true);
+        assert!(service.create(new_task(1, None)).await.is_err());
+        assert!(service.health().await.is_err());
+    }
+}
