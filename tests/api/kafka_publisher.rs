@@ -1,0 +1,71 @@
+//! The Kafka adapter against a real broker.
+
+use std::time::{Duration, Instant};
+
+use kafka_retry::domain::{Destination, Publisher, Topic};
+use kafka_retry::kafka_publisher::{KafkaPublisher, KafkaSettings};
+
+use crate::helpers::{consume, create_topic, free_port, kafka_addr};
+
+fn publisher() -> KafkaPublisher {
+    KafkaPublisher::new(KafkaSettings {
+        message_timeout: Duration::from_secs(2),
+        linger: Duration::from_millis(5),
+        extra: Vec::new(),
+    })
+}
+
+fn destination(topic: &str, partition: i32, brokers: &str) -> Destination {
+    Destination {
+        topic: Topic::parse(topic.to_owned()).expect("topic"),
+        partition,
+        kafka_conn_string: brokers.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn publishes_the_exact_bytes_to_the_requested_partition() {
+    let topic = create_topic(2).await;
+    let publisher = publisher();
+    let payload = b"\x00binary\xffbytes";
+    publisher
+        .publish(&destination(&topic, 1, &kafka_addr()), payload)
+        .await
+        .expect("acknowledged");
+    let records = consume(
+        &topic,
+        1,
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].partition, 1);
+    assert_eq!(records[0].payload, payload);
+}
+
+#[tokio::test]
+async fn a_partition_that_does_not_exist_fails_the_publish() {
+    let topic = create_topic(1).await;
+    let error = publisher()
+        .publish(&destination(&topic, 5, &kafka_addr()), b"x")
+        .await
+        .expect_err("no such partition");
+    assert!(!error.0.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_fails_within_the_message_timeout_not_minutes() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let start = Instant::now();
+    let error = publisher()
+        .publish(&destination("anything", 0, &nowhere), b"x")
+        .await
+        .expect_err("nobody there");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(!error.0.is_empty());
+}

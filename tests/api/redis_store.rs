@@ -1,0 +1,165 @@
+//! The Redis adapter against a real Redis: layout, atomic claims, leases and settling.
+
+use std::time::Duration;
+
+use kafka_retry::domain::{
+    DestinationRequest, NewTask, Outcome, Task, TaskId, TaskRequest, TaskStore,
+};
+use redis::AsyncCommands;
+
+use crate::helpers::{redis_addr, store, unique};
+
+fn task(now: i64, delay_seconds: i64) -> Task {
+    let new = NewTask::try_from(TaskRequest {
+        payload: Some("payload".into()),
+        destination: Some(DestinationRequest {
+            topic: Some("orders".into()),
+            partition: Some(0),
+            kafka_conn_string: Some("localhost:9092".into()),
+        }),
+        dead_destination: None,
+        max_retries: Some(3),
+        retry_delay_seconds: Some(delay_seconds),
+    })
+    .expect("valid");
+    Task::new(TaskId::generate(), new, now, Duration::from_secs(3600))
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{}", redis_addr()))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers")
+}
+
+#[tokio::test]
+async fn the_schedule_is_the_go_services_sorted_set_scored_in_milliseconds() {
+    let prefix = unique("layout");
+    let store = store(&redis_addr(), &prefix);
+    let task = task(1_000, 5);
+    store.create(&task).await.expect("created");
+    let mut redis = raw().await;
+    let schedule: Vec<(String, i64)> = redis
+        .zrange_withscores(format!("{prefix}:tasks"), 0, -1)
+        .await
+        .expect("zrange");
+    assert_eq!(schedule, [(task.id.to_string(), 6_000)]);
+    let record: String = redis
+        .hget(format!("{{{prefix}:tasks}}:records"), task.id.to_string())
+        .await
+        .expect("hget");
+    assert!(record.contains("\"payload\":\"payload\""));
+    store.clear().await.expect("clear");
+}
+
+#[tokio::test]
+async fn a_claim_takes_only_due_tasks_in_due_order_and_leases_them() {
+    let store = store(&redis_addr(), &unique("claim"));
+    let early = task(0, 1);
+    let later = task(0, 2);
+    let future = task(0, 60);
+    for t in [&later, &future, &early] {
+        store.create(t).await.expect("created");
+    }
+    let claim = store.claim_due(2_000, 10, 32_000).await.expect("claim");
+    let ids: Vec<TaskId> = claim.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [early.id, later.id]);
+    assert_eq!(claim.tasks[0], early, "the record round-trips");
+    assert_eq!(claim.next_due, Some(60_000));
+    assert_eq!(store.counts().await.expect("counts"), (1, 2, 0));
+
+    let again = store.claim_due(31_999, 10, 61_999).await.expect("claim");
+    assert!(again.tasks.is_empty(), "leased tasks are not claimed twice");
+    store.clear().await.expect("clear");
+}
+
+#[tokio::test]
+async fn a_claim_respects_its_limit() {
+    let store = store(&redis_addr(), &unique("limit"));
+    for _ in 0..5 {
+        store.create(&task(0, 1)).await.expect("created");
+    }
+    let claim = store.claim_due(5_000, 3, 9_000).await.expect("claim");
+    assert_eq!(claim.tasks.len(), 3);
+    assert_eq!(claim.next_due, Some(1_000), "two left, already due");
+    store.clear().await.expect("clear");
+}
+
+#[tokio::test]
+async fn a_lease_that_runs_out_is_claimed_again_and_the_stale_claim_cannot_settle() {
+    let store = store(&redis_addr(), &unique("lease"));
+    let t = task(0, 1);
+    store.create(&t).await.expect("created");
+    let first = store.claim_due(1_000, 10, 5_000).await.expect("claim");
+    assert_eq!(first.tasks.len(), 1);
+    let second = store.claim_due(5_000, 10, 9_000).await.expect("claim");
+    assert_eq!(second.tasks.len(), 1, "an expired lease is claimed again");
+
+    store
+        .settle(5_000, &[Outcome::Done(t.id)])
+        .await
+        .expect("settle");
+    assert!(
+        store.record(t.id).await.expect("redis").is_some(),
+        "stale claim ignored"
+    );
+    store
+        .settle(9_000, &[Outcome::Done(t.id)])
+        .await
+        .expect("settle");
+    assert!(store.record(t.id).await.expect("redis").is_none());
+    assert_eq!(store.counts().await.expect("counts"), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn settling_reschedules_buries_and_forgets_in_one_step() {
+    let store = store(&redis_addr(), &unique("settle"));
+    let [a, b, c] = [task(0, 1), task(0, 1), task(0, 1)];
+    for t in [&a, &b, &c] {
+        store.create(t).await.expect("created");
+    }
+    store.claim_due(1_000, 10, 31_000).await.expect("claim");
+    let mut retried = a.clone();
+    retried.attempts = 1;
+    retried.due_at = 3_000;
+    let mut dead = b.clone();
+    dead.attempts = 3;
+    dead.last_error = Some("gone".into());
+    let outcomes = [
+        Outcome::Reschedule(retried.clone()),
+        Outcome::Bury(dead.clone()),
+        Outcome::Done(c.id),
+    ];
+    store.settle(31_000, &outcomes).await.expect("settle");
+    assert_eq!(store.counts().await.expect("counts"), (1, 0, 1));
+    assert_eq!(store.record(a.id).await.expect("redis"), Some(retried));
+    assert_eq!(store.record(b.id).await.expect("redis"), Some(dead));
+    assert_eq!(store.record(c.id).await.expect("redis"), None);
+    let claim = store.claim_due(3_000, 10, 33_000).await.expect("claim");
+    assert_eq!(claim.tasks.len(), 1);
+    store.clear().await.expect("clear");
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_moved_to_dead_not_dropped() {
+    let prefix = unique("corrupt");
+    let store = store(&redis_addr(), &prefix);
+    let mut redis = raw().await;
+    let _: () = redis
+        .zadd(format!("{prefix}:tasks"), "01BADBADBADBADBADBADBADBAD", 1)
+        .await
+        .expect("zadd");
+    let _: () = redis
+        .hset(
+            format!("{{{prefix}:tasks}}:records"),
+            "01BADBADBADBADBADBADBADBAD",
+            "not json",
+        )
+        .await
+        .expect("hset");
+    let claim = store.claim_due(1_000, 10, 31_000).await.expect("claim");
+    assert!(claim.tasks.is_empty());
+    assert_eq!(store.counts().await.expect("counts"), (0, 0, 1));
+    store.clear().await.expect("clear");
+}
