@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+scripts/build-deps.sh
 scripts/services.sh up
 
 export KAFKA_RETRY_TEST_REDIS="127.0.0.1:${REDIS_PORT:-6379}"

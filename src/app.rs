@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::domain::{Settings, SystemClock, TaskService};
+use crate::domain::{BrokerAllowlist, Settings, SystemClock, TaskService};
+use crate::http::{ConnectionLimits, HttpSettings};
 use crate::kafka_publisher::{KafkaPublisher, KafkaSettings};
 use crate::redis_store::{RedisSettings, RedisStore};
 use crate::{http, worker};
@@ -39,13 +40,18 @@ impl App {
         let publisher = KafkaPublisher::new(KafkaSettings {
             message_timeout: config.kafka_message_timeout,
             linger: config.kafka_linger,
-            extra: Vec::new(),
+            extra: config.kafka_producer.0.clone(),
         });
+        let allowed_brokers = match &config.kafka_allowed_brokers {
+            Some(list) => BrokerAllowlist::parse(list),
+            None => BrokerAllowlist::hosts_of(&config.kafka_brokers),
+        };
         let settings = Settings {
             max_delay: config.max_retry_delay,
             batch_size: config.worker_batch_size,
             lease: config.lease_duration,
             store_timeout: config.redis_timeout,
+            allowed_brokers,
         };
         let service = Arc::new(TaskService::new(
             store,
@@ -83,15 +89,20 @@ impl App {
             listener,
         } = self;
         info!(address = %listener.local_addr()?, "listening");
-        let router = http::router(service.clone(), config.http_body_limit);
-        let mut server = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }
-        });
+        let router = http::router(
+            service.clone(),
+            &HttpSettings {
+                body_limit: config.http_body_limit,
+                request_timeout: config.http_request_timeout,
+                api_token: config.api_token.as_ref().map(|t| t.expose().to_owned()),
+            },
+        );
+        let limits = ConnectionLimits {
+            header_timeout: config.http_header_timeout,
+            max_connections: config.http_max_connections,
+            shutdown_grace: config.shutdown_grace,
+        };
+        let mut server = tokio::spawn(http::serve(listener, router, limits, shutdown.clone()));
         let mut worker = tokio::spawn(worker::run(
             service.clone(),
             config.poll_interval,
@@ -99,28 +110,19 @@ impl App {
             shutdown.clone(),
         ));
 
-        let served = tokio::select! {
-            served = &mut server => {
-                info!("HTTP server stopped first");
-                shutdown.cancel();
-                let _ = tokio::time::timeout(config.shutdown_grace * 2, &mut worker).await;
-                served
-            }
-            _ = &mut worker => {
-                info!("worker stopped first");
-                shutdown.cancel();
-                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-                    Ok(served) => served,
-                    Err(_) => {
-                        warn!("HTTP connections still open after the grace period; closing them");
-                        server.abort();
-                        Ok(Ok(()))
-                    }
-                }
-            }
+        let grace = config.shutdown_grace;
+        let (first, other) = tokio::select! {
+            served = &mut server => ("HTTP server", served.map(|()| worker)),
+            worked = &mut worker => ("worker", worked.map(|()| server)),
         };
-        service.publisher().flush(config.shutdown_grace).await;
+        info!("{first} stopped first");
+        shutdown.cancel();
+        let other = other.with_context(|| format!("{first} panicked"))?;
+        if tokio::time::timeout(grace * 2, other).await.is_err() {
+            warn!("the rest did not stop within twice the grace period");
+        }
+        service.publisher().flush(grace).await;
         info!("shutdown complete");
-        served.context("HTTP server task")?.context("HTTP server")
+        Ok(())
     }
 }

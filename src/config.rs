@@ -91,6 +91,57 @@ pub struct Config {
     /// `WORKER_BATCH_SIZE`: how many due tasks one worker step claims at most.
     #[serde(default = "defaults::worker_batch_size")]
     pub worker_batch_size: usize,
+    /// `KAFKA_ALLOWED_BROKERS`: hosts or `host:port`s tasks may name, comma-separated; `*` for any.
+    /// Unset: the hosts of `KAFKA_BROKERS`.
+    #[serde(default)]
+    pub kafka_allowed_brokers: Option<String>,
+    /// `API_TOKEN`: when set, every route but `/health` needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub api_token: Option<Secret>,
+    /// `HTTP_REQUEST_TIMEOUT`: the longest a request may take, body upload included.
+    #[serde(default = "defaults::http_request_timeout", with = "humantime_serde")]
+    pub http_request_timeout: Duration,
+    /// `HTTP_HEADER_TIMEOUT`: the longest a client may take to send its request headers, and the
+    /// longest an idle keep-alive connection is kept.
+    #[serde(default = "defaults::http_header_timeout", with = "humantime_serde")]
+    pub http_header_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: open connections beyond this are closed at once.
+    #[serde(default = "defaults::http_max_connections")]
+    pub http_max_connections: usize,
+    /// `KAFKA_PRODUCER_*`: librdkafka properties for every producer, such as
+    /// `KAFKA_PRODUCER_SECURITY_PROTOCOL=SASL_SSL` for `security.protocol`. Values are never printed.
+    #[serde(skip)]
+    pub kafka_producer: ProducerProperties,
+}
+
+/// librdkafka properties passed through from `KAFKA_PRODUCER_*` variables; `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct ProducerProperties(pub Vec<(String, String)>);
+
+impl fmt::Debug for ProducerProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}=***")))
+            .finish()
+    }
+}
+
+impl ProducerProperties {
+    const PREFIX: &'static str = "KAFKA_PRODUCER_";
+
+    fn from_vars(vars: &[(String, String)]) -> Self {
+        Self(
+            vars.iter()
+                .filter_map(|(name, value)| {
+                    let property = name.strip_prefix(Self::PREFIX)?;
+                    Some((
+                        property.to_ascii_lowercase().replace('_', "."),
+                        value.clone(),
+                    ))
+                })
+                .collect(),
+        )
+    }
 }
 
 /// A setting with a value the service cannot run with.
@@ -112,8 +163,9 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let config: Self = envy::from_iter(vars.iter().cloned())
+        let mut config: Self = envy::from_iter(vars.iter().cloned())
             .map_err(|e| ConfigError(name_the_variable(&e.to_string(), &vars)))?;
+        config.kafka_producer = ProducerProperties::from_vars(&vars);
         config.check()?;
         Ok(config)
     }
@@ -125,6 +177,8 @@ impl Config {
             ("KAFKA_MESSAGE_TIMEOUT", self.kafka_message_timeout),
             ("MAX_RETRY_DELAY", self.max_retry_delay),
             ("REDIS_TIMEOUT", self.redis_timeout),
+            ("HTTP_REQUEST_TIMEOUT", self.http_request_timeout),
+            ("HTTP_HEADER_TIMEOUT", self.http_header_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -140,6 +194,20 @@ impl Config {
             return Err(ConfigError(format!(
                 "WORKER_BATCH_SIZE must be from 1 to {MAX_BATCH_SIZE}"
             )));
+        }
+        if self
+            .api_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(ConfigError(
+                "API_TOKEN must be at least 16 characters".into(),
+            ));
+        }
+        if self.http_max_connections == 0 {
+            return Err(ConfigError(
+                "HTTP_MAX_CONNECTIONS must be at least 1".into(),
+            ));
         }
         if self.http_body_limit == 0 {
             return Err(ConfigError("HTTP_BODY_LIMIT must be at least 1".into()));
@@ -206,6 +274,11 @@ impl Config {
             "REDIS_TIMEOUT",
             "REDIS_KEY_PREFIX",
             "WORKER_BATCH_SIZE",
+            "KAFKA_ALLOWED_BROKERS",
+            "API_TOKEN",
+            "HTTP_REQUEST_TIMEOUT",
+            "HTTP_HEADER_TIMEOUT",
+            "HTTP_MAX_CONNECTIONS",
         ]
     }
 }
@@ -262,6 +335,15 @@ mod defaults {
     pub(super) fn worker_batch_size() -> usize {
         1000
     }
+    pub(super) fn http_request_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn http_header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn http_max_connections() -> usize {
+        10_000
+    }
 }
 
 #[cfg(test)]
@@ -312,9 +394,41 @@ mod tests {
     }
 
     #[test]
-    fn the_password_is_never_printed() {
-        let config = config(&[("REDIS_PASSWORD", "hunter2")]).expect("valid");
-        assert!(!format!("{config:?}").contains("hunter2"));
+    fn secrets_are_never_printed() {
+        let config = config(&[
+            ("REDIS_PASSWORD", "hunter2"),
+            ("API_TOKEN", "0123456789abcdef-token"),
+            ("KAFKA_PRODUCER_SASL_PASSWORD", "kafka-secret"),
+        ])
+        .expect("valid");
+        let printed = format!("{config:?}");
+        for secret in ["hunter2", "0123456789abcdef-token", "kafka-secret"] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
         assert_eq!(config.redis_password.expose(), "hunter2");
+    }
+
+    #[test]
+    fn producer_properties_come_from_prefixed_variables() {
+        let config = config(&[
+            ("KAFKA_PRODUCER_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_PRODUCER_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ])
+        .expect("valid");
+        let mut properties = config.kafka_producer.0.clone();
+        properties.sort();
+        assert_eq!(
+            properties,
+            [
+                ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_short_api_token_is_refused() {
+        let error = config(&[("API_TOKEN", "short")]).expect_err("too short");
+        assert!(error.to_string().contains("API_TOKEN"));
     }
 }

@@ -1,6 +1,7 @@
 //! The domain: tasks, their rules, the ports they need and the use cases. It depends on no
 //! adapter; Redis, Kafka and HTTP live outside it.
 
+pub mod brokers;
 pub mod ports;
 pub mod service;
 pub mod task;
@@ -8,10 +9,11 @@ pub mod task;
 #[cfg(test)]
 pub(crate) mod fakes;
 
+pub use brokers::BrokerAllowlist;
 pub use ports::{
     Claim, Clock, Outcome, PublishError, Publisher, StoreError, SystemClock, TaskStore,
 };
-pub use service::{Settings, Step, TaskService};
+pub use service::{CreateError, Settings, Step, TaskService};
 pub use task::{
     Destination, DestinationRequest, Millis, NewTask, Task, TaskId, TaskRequest, TaskState, Topic,
     ValidationError,

@@ -8,8 +8,11 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{error, info, warn};
 
+use super::brokers::BrokerAllowlist;
 use super::ports::{Claim, Clock, Outcome, Publisher, StoreError, TaskStore};
-use super::task::{AfterFailure, Millis, NewTask, Task, TaskId, TaskState};
+use super::task::{
+    AfterFailure, Destination, Millis, NewTask, Task, TaskId, TaskState, ValidationError,
+};
 
 /// The knobs the use cases need, read from configuration.
 #[derive(Debug, Clone)]
@@ -22,6 +25,19 @@ pub struct Settings {
     pub lease: Duration,
     /// How long one call to the store may take before it counts as failed.
     pub store_timeout: Duration,
+    /// The brokers tasks may name.
+    pub allowed_brokers: BrokerAllowlist,
+}
+
+/// Why a task could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The task breaks a rule of this service; nothing was stored.
+    #[error(transparent)]
+    Rejected(#[from] ValidationError),
+    /// The store could not take it; nothing was stored.
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
 }
 
 /// What one worker step did.
@@ -74,8 +90,13 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
         &self.publisher
     }
 
-    /// Stores a validated task and schedules its first attempt.
-    pub async fn create(&self, new: NewTask) -> Result<Task, StoreError> {
+    /// Stores a validated task and schedules its first attempt, once its brokers are known to be
+    /// allowed.
+    pub async fn create(&self, new: NewTask) -> Result<Task, CreateError> {
+        self.check_brokers("destination", &new.destination)?;
+        if let Some(dead) = &new.dead_destination {
+            self.check_brokers("dead_destination", dead)?;
+        }
         let task = Task::new(
             TaskId::generate(),
             new,
@@ -92,6 +113,20 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
             "task scheduled"
         );
         Ok(task)
+    }
+
+    fn check_brokers(&self, field: &str, destination: &Destination) -> Result<(), ValidationError> {
+        if self
+            .settings
+            .allowed_brokers
+            .permits(&destination.kafka_conn_string)
+        {
+            return Ok(());
+        }
+        Err(ValidationError {
+            field: format!("{field}.kafka_conn_string"),
+            reason: "names a broker that is not in KAFKA_ALLOWED_BROKERS".into(),
+        })
     }
 
     /// Answers when the store is reachable.
@@ -273,6 +308,7 @@ mod tests {
             batch_size: 100,
             lease: Duration::from_secs(30),
             store_timeout: Duration::from_secs(1),
+            allowed_brokers: BrokerAllowlist::hosts_of("localhost:9092"),
         };
         let service = TaskService::new(
             MemoryStore::default(),
@@ -442,6 +478,21 @@ mod tests {
         let (result, ()) = tokio::join!(service.settle(40_000, &outcomes), store_returns);
         result.expect("settled once the store came back");
         assert!(service.store().record(task.id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_task_naming_a_broker_outside_the_allowlist_is_rejected_and_not_stored() {
+        let (service, _) = service();
+        let mut new = new_task(1, Some("dlq"));
+        new.dead_destination = new.dead_destination.map(|mut d| {
+            d.kafka_conn_string = "169.254.169.254:80".into();
+            d
+        });
+        let Err(CreateError::Rejected(error)) = service.create(new).await else {
+            panic!("expected a rejection");
+        };
+        assert_eq!(error.field, "dead_destination.kafka_conn_string");
+        assert!(service.store().scheduled().is_empty());
     }
 
     #[tokio::test]

@@ -192,19 +192,91 @@ impl Destination {
     }
 }
 
-/// The body of `POST /tasks`, before validation. Unknown fields are ignored.
+/// The body of `POST /tasks`, before validation. Unknown fields are ignored; objects must be JSON
+/// objects (serde would otherwise take an array of the fields in order).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TaskRequest {
     /// The message to publish, as a string.
     pub payload: Option<String>,
     /// Where to publish it.
+    #[serde(default, deserialize_with = "objects::optional")]
     pub destination: Option<DestinationRequest>,
     /// Where to publish it once every attempt has failed.
+    #[serde(default, deserialize_with = "objects::optional")]
     pub dead_destination: Option<DestinationRequest>,
     /// How many delivery attempts to make.
     pub max_retries: Option<i64>,
     /// The base delay, in seconds.
     pub retry_delay_seconds: Option<i64>,
+}
+
+impl TaskRequest {
+    /// Deserializes a request that must be a JSON object at the top.
+    pub fn deserialize_object<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        objects::required(deserializer)
+    }
+}
+
+/// Deserializing structs from maps only.
+mod objects {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::value::MapAccessDeserializer;
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+    struct ObjectVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    pub(super) fn required<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        deserializer.deserialize_map(ObjectVisitor(PhantomData))
+    }
+
+    struct OptionalVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for OptionalVisitor<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object or null")
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            required(deserializer).map(Some)
+        }
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        deserializer.deserialize_option(OptionalVisitor(PhantomData))
+    }
 }
 
 /// A validated submission: every field is known to be acceptable.

@@ -2,12 +2,12 @@
 //! 4xx bodies say what is wrong; 5xx bodies stay generic and the cause goes to the log.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::error;
 
-use crate::domain::{StoreError, ValidationError};
+use crate::domain::{CreateError, StoreError, ValidationError};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,12 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The route needs a bearer token and the request had none, or a wrong one.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// The request took longer than the configured timeout.
+    #[error("request timed out")]
+    RequestTimeout,
     /// The task store is unreachable; the cause is logged, not returned.
     #[error("failed to schedule task")]
     StoreUnavailable(#[source] StoreError),
@@ -40,6 +46,8 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -57,11 +65,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Rejected(e) => e.into(),
+            CreateError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::StoreUnavailable(cause) = &self {
             error!(error = %cause, "request failed: task store unavailable");
         }
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response =
+            (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        if let Self::Unauthorized = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

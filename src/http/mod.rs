@@ -1,20 +1,25 @@
-//! The HTTP API: `POST /tasks` and `GET /health`, with every error as JSON.
+//! The HTTP API: `POST /tasks` and `GET /health`, with every error as JSON, an optional bearer
+//! token, and a deadline on every request. [`serve`] runs it with connection limits.
 
 mod error;
+mod server;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use server::{ConnectionLimits, MAX_HEADER_BYTES, serve};
 
 use crate::domain::{NewTask, Publisher, TaskRequest, TaskService, TaskStore};
 
@@ -33,22 +38,71 @@ impl<S, P> Clone for AppState<S, P> {
     }
 }
 
-/// The API's routes over `service`, accepting bodies up to `body_limit` bytes.
+/// How the API treats requests.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The largest body accepted, in bytes.
+    pub body_limit: usize,
+    /// The longest a request may take, body included.
+    pub request_timeout: Duration,
+    /// When set, every route but `/health` needs `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+}
+
+/// The API's routes over `service`.
 pub fn router<S: TaskStore, P: Publisher>(
     service: Arc<TaskService<S, P>>,
-    body_limit: usize,
+    settings: &HttpSettings,
 ) -> Router {
-    Router::new()
+    let token = settings.api_token.clone().map(Arc::<str>::from);
+    let protected = Router::new()
         .route("/tasks", post(create_task::<S, P>))
+        .route_layer(middleware::from_fn_with_state(token, authorize));
+    let timeout = settings.request_timeout;
+    Router::new()
+        .merge(protected)
         .route("/health", get(health::<S, P>))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            deadline(timeout, request, next)
+        }))
         .layer(TraceLayer::new_for_http())
         .with_state(AppState {
             service,
-            body_limit,
+            body_limit: settings.body_limit,
         })
+}
+
+/// Lets a request through only with the right bearer token, when one is configured. The
+/// comparison takes the same time wherever the tokens differ.
+async fn authorize(
+    State(token): State<Option<Arc<str>>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = token {
+        let offered = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(offered.as_bytes(), token.as_bytes()).into();
+        if !matches {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Answers 408 when a request, body upload included, takes longer than `timeout`.
+async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
+    tokio::time::timeout(timeout, next.run(request))
+        .await
+        .unwrap_or_else(|_| ApiError::RequestTimeout.into_response())
 }
 
 async fn create_task<S: TaskStore, P: Publisher>(
@@ -101,9 +155,13 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// Parses the body into a request, with errors that name the offending field.
 fn parse_body(body: &[u8]) -> Result<TaskRequest, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let request = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
+    let mut track = serde_path_to_error::Track::new();
+    let request = TaskRequest::deserialize_object(serde_path_to_error::Deserializer::new(
+        &mut deserializer,
+        &mut track,
+    ))
+    .map_err(|inner| {
+        let path = track.path().to_string();
         if inner.is_syntax() || inner.is_eof() {
             ApiError::BadRequest(format!("malformed JSON: {inner}"))
         } else if path == "." {
@@ -135,13 +193,19 @@ mod tests {
     type Service = TaskService<MemoryStore, FakePublisher>;
 
     const LIMIT: usize = 4096;
+    const TOKEN: &str = "a-long-enough-test-token";
 
     fn app() -> (Router, Arc<Service>) {
+        app_with(None)
+    }
+
+    fn app_with(api_token: Option<&str>) -> (Router, Arc<Service>) {
         let settings = Settings {
             max_delay: Duration::from_secs(86_400),
             batch_size: 10,
             lease: Duration::from_secs(30),
             store_timeout: Duration::from_millis(500),
+            allowed_brokers: crate::domain::BrokerAllowlist::hosts_of("localhost:9092"),
         };
         let service = Arc::new(TaskService::new(
             MemoryStore::default(),
@@ -149,7 +213,12 @@ mod tests {
             Arc::new(ManualClock::default()),
             settings,
         ));
-        (router(service.clone(), LIMIT), service)
+        let http = HttpSettings {
+            body_limit: LIMIT,
+            request_timeout: Duration::from_secs(5),
+            api_token: api_token.map(str::to_owned),
+        };
+        (router(service.clone(), &http), service)
     }
 
     fn valid_body() -> Value {
@@ -208,12 +277,17 @@ mod tests {
 
     #[tokio::test]
     async fn each_invalid_field_is_a_400_naming_it() {
-        let cases: [(&str, Value, &str); 12] = [
+        let cases: [(&str, Value, &str); 13] = [
             ("payload", Value::Null, "payload"),
             ("payload", json!(""), "payload"),
             ("payload", json!(42), "payload"),
             ("destination", Value::Null, "destination"),
             ("destination", json!("orders"), "destination"),
+            (
+                "destination",
+                json!(["orders", 0, "localhost:9092"]),
+                "destination",
+            ),
             ("max_retries", json!(0), "max_retries"),
             ("max_retries", json!("5"), "max_retries"),
             ("max_retries", json!(1.5), "max_retries"),
@@ -267,13 +341,14 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_bodies_are_json_400s() {
-        let bad_bodies: [&[u8]; 6] = [
+        let bad_bodies: [&[u8]; 7] = [
             b"{not json",
             b"",
             b"[1, 2]",
             b"\"a string\"",
             b"{\"payload\": \"\xff\xfe\"}",
             b"{} {}",
+            b"[\"x\", {\"topic\": \"orders\", \"partition\": 0, \"kafka_conn_string\": \"a\"}, null, 3, 5]",
         ];
         for body in bad_bodies {
             let (app, _) = app();
@@ -347,6 +422,68 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"], "method not allowed");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_configured_tasks_need_it_and_health_does_not() {
+        let body = valid_body().to_string();
+        let request = |authorization: Option<&str>| {
+            let mut request = Request::post("/tasks").header("content-type", "application/json");
+            if let Some(authorization) = authorization {
+                request = request.header("authorization", authorization);
+            }
+            request.body(Body::from(body.clone())).expect("request")
+        };
+        for wrong in [
+            None,
+            Some("Bearer nope"),
+            Some(TOKEN),
+            Some("Basic a-long-enough-test-token"),
+        ] {
+            let (router, service) = app_with(Some(TOKEN));
+            let (status, headers, response) = send(router, request(wrong)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong:?}");
+            assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+            assert_eq!(response["error"], "missing or invalid bearer token");
+            assert!(service.store().scheduled().is_empty());
+        }
+        let (router, _) = app_with(Some(TOKEN));
+        let (status, _, _) = send(router, request(Some(&format!("Bearer {TOKEN}")))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (router, _) = app_with(Some(TOKEN));
+        let health = Request::get("/health")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(send(router, health).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_broker_outside_the_allowlist_is_a_400_naming_the_field() {
+        let (router, service) = app();
+        let mut body = valid_body();
+        body["destination"]["kafka_conn_string"] = json!("metadata.internal:80");
+        let (status, response) = post_json(router, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            response["error"],
+            "destination.kafka_conn_string names a broker that is not in KAFKA_ALLOWED_BROKERS"
+        );
+        assert!(service.store().scheduled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_body_never_finishes_is_a_408() {
+        let (router, _) = app();
+        let stalled =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let request = Request::post("/tasks")
+            .header("content-type", "application/json")
+            .body(stalled)
+            .expect("request");
+        tokio::time::pause();
+        let (status, _, body) = send(router, request).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["error"], "request timed out");
     }
 
     #[tokio::test]

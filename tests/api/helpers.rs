@@ -366,6 +366,16 @@ pub(crate) struct ServiceProcess {
 impl ServiceProcess {
     /// Starts the binary over `redis` under `prefix` and waits until its port accepts connections.
     pub(crate) fn start(redis: &str, prefix: &str, extra: &[(&str, &str)]) -> Self {
+        Self::start_logging_to(redis, prefix, extra, Stdio::null())
+    }
+
+    /// Like [`start`](Self::start), with its log lines (stdout) going to `log`.
+    pub(crate) fn start_logging_to(
+        redis: &str,
+        prefix: &str,
+        extra: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> Self {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_kafka-retry"));
         command
@@ -373,7 +383,7 @@ impl ServiceProcess {
             .envs(test_vars(redis, prefix))
             .env("HTTP_PORT", port.to_string())
             .envs(extra.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::inherit());
         let child = command.spawn().expect("service starts");
         let address: SocketAddr = ([127, 0, 0, 1], port).into();

@@ -4,5 +4,6 @@ mod delivery;
 mod helpers;
 mod instances;
 mod kafka_publisher;
+mod limits;
 mod process;
 mod redis_store;
