@@ -27,3 +27,4 @@ step() {
 step cargo fmt --check
 step cargo clippy --all-targets -- -D warnings
 step cargo test "$@"
+step scripts/schemathesis.sh
