@@ -7,11 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tracing::{info, warn};
 
-use crate::domain::{Destination, PublishError, Publisher};
+use crate::domain::{Destination, Message, PublishError, Publisher};
 
 /// How producers are configured.
 #[derive(Debug, Clone)]
@@ -107,11 +108,28 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
-    async fn publish(&self, destination: &Destination, payload: &[u8]) -> Result<(), PublishError> {
+    async fn publish(
+        &self,
+        destination: &Destination,
+        message: &Message<'_>,
+    ) -> Result<(), PublishError> {
         let producer = self.producer(&destination.kafka_conn_string)?;
-        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(destination.topic.as_str())
+        let headers = message.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(message.headers.len()),
+            |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        );
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(destination.topic.as_str())
             .partition(destination.partition)
-            .payload(payload);
+            .payload(message.payload)
+            .headers(headers);
+        if let Some(key) = message.key {
+            record = record.key(key);
+        }
         producer
             .send(record, Timeout::After(self.settings.message_timeout))
             .await

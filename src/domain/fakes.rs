@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::ports::{Claim, Clock, Outcome, PublishError, Publisher, StoreError, TaskStore};
-use super::task::{Destination, Millis, Task, TaskId};
+use super::task::{Destination, Message, Millis, Task, TaskId};
 
 /// A clock that moves only when told.
 #[derive(Debug, Default)]
@@ -155,6 +155,7 @@ impl TaskStore for MemoryStore {
 #[derive(Debug, Default)]
 pub(crate) struct FakePublisher {
     published: Mutex<Vec<(String, i32, Vec<u8>)>>,
+    headers: Mutex<Vec<Vec<(String, String)>>>,
     failing: Mutex<HashSet<String>>,
     hanging: Mutex<HashSet<String>>,
 }
@@ -170,6 +171,11 @@ impl FakePublisher {
         self.hanging.lock().expect("lock").insert(topic.to_owned());
     }
 
+    /// The headers of every record published so far.
+    pub(crate) fn headers(&self) -> Vec<Vec<(String, String)>> {
+        self.headers.lock().expect("lock").clone()
+    }
+
     /// What was published so far: topic, partition, payload.
     pub(crate) fn published(&self) -> Vec<(String, i32, Vec<u8>)> {
         self.published.lock().expect("lock").clone()
@@ -177,7 +183,11 @@ impl FakePublisher {
 }
 
 impl Publisher for FakePublisher {
-    async fn publish(&self, destination: &Destination, payload: &[u8]) -> Result<(), PublishError> {
+    async fn publish(
+        &self,
+        destination: &Destination,
+        message: &Message<'_>,
+    ) -> Result<(), PublishError> {
         let topic = destination.topic.as_str().to_owned();
         if self.hanging.lock().expect("lock").contains(&topic) {
             std::future::pending::<()>().await;
@@ -185,10 +195,18 @@ impl Publisher for FakePublisher {
         if self.failing.lock().expect("lock").contains(&topic) {
             return Err(PublishError(format!("{topic} is failing")));
         }
-        self.published
-            .lock()
-            .expect("lock")
-            .push((topic, destination.partition, payload.to_vec()));
+        self.published.lock().expect("lock").push((
+            topic,
+            destination.partition,
+            message.payload.to_vec(),
+        ));
+        self.headers.lock().expect("lock").push(
+            message
+                .headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect(),
+        );
         Ok(())
     }
 }

@@ -15,6 +15,6 @@ pub use ports::{
 };
 pub use service::{CreateError, Settings, Step, TaskService};
 pub use task::{
-    Destination, DestinationRequest, Millis, NewTask, Task, TaskId, TaskRequest, TaskState, Topic,
-    ValidationError,
+    Backoff, BackoffRequest, Destination, DestinationRequest, Message, Millis, NewTask, Strategy,
+    Task, TaskId, TaskRequest, TaskState, Topic, ValidationError,
 };

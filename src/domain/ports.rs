@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::task::{Destination, Millis, Task, TaskId};
+use super::task::{Destination, Message, Millis, Task, TaskId};
 
 /// The task store could not be reached or did not answer in time.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,11 +75,11 @@ pub trait TaskStore: Send + Sync + 'static {
 
 /// Publishes payloads to Kafka.
 pub trait Publisher: Send + Sync + 'static {
-    /// Publishes `payload` to `destination`; resolves once Kafka acknowledged it or gave up.
+    /// Publishes `message` to `destination`; resolves once Kafka acknowledged it or gave up.
     fn publish(
         &self,
         destination: &Destination,
-        payload: &[u8],
+        message: &Message<'_>,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 

@@ -206,10 +206,7 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
                 return Outcome::Bury(current.clone());
             };
             let attempt = current.attempt();
-            let result = self
-                .publisher
-                .publish(target, current.payload.as_bytes())
-                .await;
+            let result = self.publisher.publish(target, &current.message()).await;
             let error = match result {
                 Ok(()) => {
                     let event = match current.state {
@@ -331,6 +328,7 @@ mod tests {
             dead_destination: dead_topic.map(destination),
             max_retries: Some(max_retries),
             retry_delay_seconds: Some(10),
+            ..TaskRequest::default()
         })
         .expect("valid task")
     }
@@ -387,6 +385,25 @@ mod tests {
         );
         assert!(service.store().record(task.id).is_none());
         assert!(service.store().scheduled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dead_lettered_record_names_its_original_destination_and_last_attempt() {
+        let (service, clock) = service();
+        service.publisher().fail_topic("orders");
+        service.create(new_task(1, Some("dlq"))).await.expect("created");
+        clock.set(10_000);
+        step(&service).await;
+        let headers = service.publisher().headers();
+        let header = |name: &str| {
+            headers[0]
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("kafka-retry-original-topic"), Some("orders"));
+        assert_eq!(header("kafka-retry-original-partition"), Some("2"));
+        assert_eq!(header("kafka-retry-attempt"), Some("1"));
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
@@ -19,6 +21,15 @@ pub const MAX_RETRIES: i64 = 100;
 
 /// The largest `retry_delay_seconds` a client may ask for (one day).
 pub const MAX_RETRY_DELAY_SECONDS: i64 = 86_400;
+
+/// The longest idempotency key, record key and header name or value, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// The most record headers a task may carry.
+pub const MAX_HEADERS: usize = 64;
+
+/// Header names the service sets on every record; a client's headers may not use the prefix.
+pub const RESERVED_HEADER_PREFIX: &str = "kafka-retry-";
 
 /// The longest Kafka topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
@@ -208,6 +219,27 @@ pub struct TaskRequest {
     pub max_retries: Option<i64>,
     /// The base delay, in seconds.
     pub retry_delay_seconds: Option<i64>,
+    /// An idempotency key: submitting the same one again returns the first task.
+    pub id: Option<String>,
+    /// The record key to publish with.
+    pub key: Option<String>,
+    /// Record headers to publish with.
+    #[serde(default, deserialize_with = "objects::optional")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// How delays grow between attempts.
+    #[serde(default, deserialize_with = "objects::optional")]
+    pub backoff: Option<BackoffRequest>,
+}
+
+/// A backoff as it arrives, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BackoffRequest {
+    /// `exponential` (the default), `fixed` or `linear`.
+    pub strategy: Option<String>,
+    /// Whether to spread each delay over its upper half.
+    pub jitter: Option<bool>,
+    /// A cap on one delay, in seconds, below the service's own.
+    pub max_delay_seconds: Option<i64>,
 }
 
 impl TaskRequest {
@@ -292,6 +324,16 @@ pub struct NewTask {
     pub max_retries: u32,
     /// The base delay in seconds, 1 to [`MAX_RETRY_DELAY_SECONDS`].
     pub retry_delay_seconds: u32,
+    /// How delays grow.
+    pub backoff: Backoff,
+    /// The client's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// The record key.
+    pub key: Option<String>,
+    /// The client's record headers.
+    pub headers: Vec<(String, String)>,
+    /// The W3C trace context the task was submitted under.
+    pub traceparent: Option<String>,
 }
 
 impl TryFrom<TaskRequest> for NewTask {
@@ -318,13 +360,168 @@ impl TryFrom<TaskRequest> for NewTask {
             raw.retry_delay_seconds,
             MAX_RETRY_DELAY_SECONDS,
         )?;
+        let idempotency_key = raw.id.map(|id| short_text("id", id)).transpose()?;
+        let key = raw.key.map(|key| short_text("key", key)).transpose()?;
+        let headers = parse_headers(raw.headers.unwrap_or_default())?;
+        let backoff = raw
+            .backoff
+            .map(Backoff::parse)
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             payload,
             destination,
             dead_destination,
             max_retries,
             retry_delay_seconds,
+            backoff,
+            idempotency_key,
+            key,
+            headers,
+            traceparent: None,
         })
+    }
+}
+
+impl NewTask {
+    /// Takes an idempotency key given outside the body (the `Idempotency-Key` header); the body's
+    /// `id` wins when both are given.
+    pub fn with_idempotency_key(mut self, key: Option<String>) -> Result<Self, ValidationError> {
+        if self.idempotency_key.is_none() {
+            self.idempotency_key = key.map(|k| short_text("Idempotency-Key", k)).transpose()?;
+        }
+        Ok(self)
+    }
+
+    /// Keeps the W3C `traceparent` the task was submitted under, when it is well formed.
+    pub fn with_traceparent(mut self, traceparent: Option<&str>) -> Self {
+        self.traceparent = traceparent.filter(|t| is_traceparent(t)).map(str::to_owned);
+        self
+    }
+}
+
+fn short_text(field: &str, text: String) -> Result<String, ValidationError> {
+    if text.is_empty() || text.len() > MAX_KEY_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("must be 1 to {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+fn parse_headers(
+    headers: BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ValidationError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(ValidationError::new(
+            "headers",
+            format!("must have at most {MAX_HEADERS} entries"),
+        ));
+    }
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            let field = format!("headers.{name}");
+            if name.is_empty() || name.len() > MAX_KEY_LEN || value.len() > MAX_KEY_LEN {
+                return Err(ValidationError::new(
+                    field,
+                    format!("names must be 1 to {MAX_KEY_LEN} bytes and values at most as long"),
+                ));
+            }
+            if name
+                .to_ascii_lowercase()
+                .starts_with(RESERVED_HEADER_PREFIX)
+            {
+                return Err(ValidationError::new(
+                    field,
+                    format!("must not start with {RESERVED_HEADER_PREFIX}, which the service sets"),
+                ));
+            }
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// `version-traceid-parentid-flags` in lowercase hex, as W3C Trace Context defines it.
+fn is_traceparent(value: &str) -> bool {
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let not_zero = |s: &str| s.bytes().any(|b| b != b'0');
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && not_zero(parts[1])
+        && hex(parts[2], 16)
+        && not_zero(parts[2])
+        && hex(parts[3], 2)
+}
+
+/// How a task's delay grows from one attempt to the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// `base * 2^failures`: the Go service's formula.
+    #[default]
+    Exponential,
+    /// `base` every time.
+    Fixed,
+    /// `base * (failures + 1)`.
+    Linear,
+}
+
+/// A task's backoff: its strategy, optional jitter and optional cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// How the delay grows.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Whether each delay is spread over its upper half (`delay/2` to `delay`), so that tasks that
+    /// failed together do not retry together.
+    #[serde(default)]
+    pub jitter: bool,
+    /// A cap on one delay, in seconds, applied below the service's `MAX_RETRY_DELAY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay_seconds: Option<u32>,
+}
+
+impl Backoff {
+    fn parse(raw: BackoffRequest) -> Result<Self, ValidationError> {
+        let strategy = match raw.strategy.as_deref() {
+            None | Some("exponential") => Strategy::Exponential,
+            Some("fixed") => Strategy::Fixed,
+            Some("linear") => Strategy::Linear,
+            Some(_) => {
+                return Err(ValidationError::new(
+                    "backoff.strategy",
+                    "must be exponential, fixed or linear",
+                ));
+            }
+        };
+        let max_delay_seconds = raw
+            .max_delay_seconds
+            .map(|max| {
+                bounded(
+                    "backoff.max_delay_seconds",
+                    Some(max),
+                    MAX_RETRY_DELAY_SECONDS,
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            strategy,
+            jitter: raw.jitter.unwrap_or(false),
+            max_delay_seconds,
+        })
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -380,6 +577,32 @@ pub struct Task {
     pub created_at: Millis,
     /// When its next attempt is due (for a dead task: when it died).
     pub due_at: Millis,
+    /// How delays grow.
+    #[serde(default, skip_serializing_if = "Backoff::is_default")]
+    pub backoff: Backoff,
+    /// The record key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The client's record headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// The W3C trace context it was submitted under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The client's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// One Kafka record to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// The value.
+    pub payload: &'a [u8],
+    /// The key.
+    pub key: Option<&'a [u8]>,
+    /// The headers, in order.
+    pub headers: Vec<(&'a str, String)>,
 }
 
 /// What must happen to a task after a failed publish.
@@ -409,20 +632,91 @@ impl Task {
             last_error: None,
             created_at: now,
             due_at: now,
+            backoff: new.backoff,
+            key: new.key,
+            headers: new.headers,
+            traceparent: new.traceparent,
+            idempotency_key: new.idempotency_key,
         };
         task.due_at = now.saturating_add(task.backoff(0, max_delay));
         task
     }
 
-    /// The delay, in milliseconds, after `failures` failed publishes: `base * 2^failures`, capped
-    /// at `max_delay`.
+    /// The delay, in milliseconds, after `failures` failed publishes: by the task's strategy
+    /// (`base * 2^failures` by default), capped at `max_delay` and the task's own cap, and with
+    /// jitter spread over its upper half.
     pub fn backoff(&self, failures: u32, max_delay: Duration) -> Millis {
-        let cap = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
+        let mut cap = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
+        if let Some(own) = self.backoff.max_delay_seconds {
+            cap = cap.min(i64::from(own) * 1000);
+        }
         let base = i64::from(self.retry_delay_seconds) * 1000;
-        let factor = 1_i64.checked_shl(failures).filter(|f| *f > 0);
-        factor
-            .and_then(|f| base.checked_mul(f))
-            .map_or(cap, |delay| delay.min(cap))
+        let nominal = match self.backoff.strategy {
+            Strategy::Exponential => 1_i64
+                .checked_shl(failures)
+                .filter(|f| *f > 0)
+                .and_then(|f| base.checked_mul(f)),
+            Strategy::Fixed => Some(base),
+            Strategy::Linear => base.checked_mul(i64::from(failures) + 1),
+        };
+        let delay = nominal.map_or(cap, |delay| delay.min(cap));
+        if self.backoff.jitter {
+            let half = delay / 2;
+            half + ((delay - half) as f64 * self.jitter_fraction(failures)) as i64
+        } else {
+            delay
+        }
+    }
+
+    /// A fraction in `[0, 1)` that differs from task to task and attempt to attempt, but is the
+    /// same every time it is computed for one: jitter without a random number generator.
+    fn jitter_fraction(&self, failures: u32) -> f64 {
+        let mut x = (u128::from(self.id.0) as u64)
+            ^ u64::from(failures).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        (x >> 11) as f64 / (1_u64 << 53) as f64
+    }
+
+    /// The record to publish for this attempt: the payload, key and client headers, plus retry
+    /// metadata headers set afresh each time, so they never pile up.
+    pub fn message(&self) -> Message<'_> {
+        let mut headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                self.traceparent.is_none() || !name.eq_ignore_ascii_case("traceparent")
+            })
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
+        headers.push(("kafka-retry-task-id", self.id.to_string()));
+        headers.push(("kafka-retry-attempt", self.attempt().to_string()));
+        headers.push((
+            "kafka-retry-original-topic",
+            self.destination.topic.to_string(),
+        ));
+        headers.push((
+            "kafka-retry-original-partition",
+            self.destination.partition.to_string(),
+        ));
+        if let Some(traceparent) = &self.traceparent {
+            headers.push(("traceparent", traceparent.clone()));
+        }
+        Message {
+            payload: self.payload.as_bytes(),
+            key: self.key.as_deref().map(str::as_bytes),
+            headers,
+        }
+    }
+
+    /// The same task revived with a fresh budget, due at `now`, its last error kept.
+    pub fn revived(mut self, now: Millis) -> Self {
+        self.attempts = 0;
+        self.dead_letter_attempts = 0;
+        self.state = TaskState::Scheduled;
+        self.due_at = now;
+        self
     }
 
     /// The attempt this publish is: 1 for the first delivery attempt.
@@ -497,6 +791,7 @@ mod tests {
             dead_destination: Some(destination("orders-dlq")),
             max_retries: Some(5),
             retry_delay_seconds: Some(10),
+            ..TaskRequest::default()
         }
     }
 
@@ -708,5 +1003,189 @@ mod tests {
         let id = TaskId::generate();
         assert_eq!(id.to_string().parse::<TaskId>().ok(), Some(id));
         assert!("not-a-ulid".parse::<TaskId>().is_err());
+    }
+
+    fn with_backoff(strategy: &str, jitter: bool, max: Option<i64>) -> Task {
+        let mut raw = request();
+        raw.backoff = Some(BackoffRequest {
+            strategy: Some(strategy.into()),
+            jitter: Some(jitter),
+            max_delay_seconds: max,
+        });
+        Task::new(
+            TaskId::generate(),
+            NewTask::try_from(raw).expect("valid"),
+            0,
+            DAY,
+        )
+    }
+
+    #[test]
+    fn fixed_and_linear_strategies_grow_as_named() {
+        let fixed = with_backoff("fixed", false, None);
+        let linear = with_backoff("linear", false, None);
+        let delays = |t: &Task| (0..4).map(|n| t.backoff(n, DAY) / 1000).collect::<Vec<_>>();
+        assert_eq!(delays(&fixed), [10, 10, 10, 10]);
+        assert_eq!(delays(&linear), [10, 20, 30, 40]);
+    }
+
+    #[test]
+    fn a_task_may_cap_its_own_delays_below_the_service_cap() {
+        let task = with_backoff("exponential", false, Some(25));
+        assert_eq!(task.backoff(1, DAY), 20_000);
+        assert_eq!(task.backoff(2, DAY), 25_000);
+        assert_eq!(task.backoff(2, Duration::from_secs(15)), 15_000);
+    }
+
+    #[test]
+    fn jitter_keeps_each_delay_in_its_upper_half_and_spreads_tasks() {
+        let delays: Vec<Millis> = (0..50)
+            .map(|_| with_backoff("exponential", true, None).backoff(3, DAY))
+            .collect();
+        assert!(
+            delays.iter().all(|d| (40_000..=80_000).contains(d)),
+            "{delays:?}"
+        );
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(
+            distinct.len() > 40,
+            "jitter spreads tasks: {} distinct",
+            distinct.len()
+        );
+        let task = with_backoff("exponential", true, None);
+        assert_eq!(
+            task.backoff(2, DAY),
+            task.backoff(2, DAY),
+            "stable for one task"
+        );
+    }
+
+    #[test]
+    fn unknown_strategies_are_rejected() {
+        let mut raw = request();
+        raw.backoff = Some(BackoffRequest {
+            strategy: Some("random".into()),
+            ..BackoffRequest::default()
+        });
+        assert_eq!(rejected(raw).field, "backoff.strategy");
+    }
+
+    #[test]
+    fn retry_headers_are_replaced_on_every_attempt_not_piled_up() {
+        let mut raw = request();
+        raw.key = Some("k-1".into());
+        raw.headers = Some(BTreeMap::from([(
+            "source".to_owned(),
+            "billing".to_owned(),
+        )]));
+        let task = Task::new(
+            TaskId::generate(),
+            NewTask::try_from(raw).expect("valid"),
+            0,
+            DAY,
+        );
+        let first = task
+            .message()
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect::<Vec<_>>();
+        let AfterFailure::Retry(task) = task.fail("boom".into(), 10_000, DAY) else {
+            panic!("expected a retry");
+        };
+        let second = task.message();
+        assert_eq!(second.headers.len(), first.len());
+        assert_eq!(second.key, Some(&b"k-1"[..]));
+        let value = |name: &str| {
+            second
+                .headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value("kafka-retry-attempt").as_deref(), Some("2"));
+        assert_eq!(value("kafka-retry-task-id"), Some(task.id.to_string()));
+        assert_eq!(
+            value("kafka-retry-original-topic").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(
+            value("kafka-retry-original-partition").as_deref(),
+            Some("0")
+        );
+        assert_eq!(value("source").as_deref(), Some("billing"));
+    }
+
+    #[test]
+    fn clients_may_not_set_the_services_own_headers() {
+        let mut raw = request();
+        raw.headers = Some(BTreeMap::from([(
+            "Kafka-Retry-Attempt".to_owned(),
+            "9".to_owned(),
+        )]));
+        assert_eq!(rejected(raw).field, "headers.Kafka-Retry-Attempt");
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_are_kept() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let new = NewTask::try_from(request()).expect("valid");
+        assert_eq!(
+            new.clone()
+                .with_traceparent(Some(good))
+                .traceparent
+                .as_deref(),
+            Some(good)
+        );
+        for bad in [
+            "",
+            "00-abc-def-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            &good.to_uppercase(),
+        ] {
+            assert_eq!(
+                new.clone().with_traceparent(Some(bad)).traceparent,
+                None,
+                "{bad}"
+            );
+        }
+        let task = Task::new(TaskId::generate(), new.with_traceparent(Some(good)), 0, DAY);
+        assert!(
+            task.message()
+                .headers
+                .contains(&("traceparent", good.to_owned()))
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_come_from_the_body_first_then_the_header() {
+        let mut raw = request();
+        raw.id = Some("body-key".into());
+        let new = NewTask::try_from(raw).expect("valid");
+        let new = new
+            .with_idempotency_key(Some("header-key".into()))
+            .expect("valid");
+        assert_eq!(new.idempotency_key.as_deref(), Some("body-key"));
+        let new = NewTask::try_from(request())
+            .expect("valid")
+            .with_idempotency_key(Some("header-key".into()))
+            .expect("valid");
+        assert_eq!(new.idempotency_key.as_deref(), Some("header-key"));
+        let mut raw = request();
+        raw.id = Some("x".repeat(MAX_KEY_LEN + 1));
+        assert_eq!(rejected(raw).field, "id");
+    }
+
+    #[test]
+    fn a_revived_task_has_a_fresh_budget_and_keeps_its_last_error() {
+        let task = task(1, false);
+        let AfterFailure::Bury(dead) = task.fail("boom".into(), 5, DAY) else {
+            panic!("expected a dead task");
+        };
+        let revived = dead.revived(99);
+        assert_eq!(revived.state, TaskState::Scheduled);
+        assert_eq!(revived.attempts, 0);
+        assert_eq!(revived.due_at, 99);
+        assert_eq!(revived.last_error.as_deref(), Some("boom"));
     }
 }

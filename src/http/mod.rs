@@ -117,7 +117,7 @@ async fn create_task<S: TaskStore, P: Publisher>(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.body_limit),
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let request = parse_body(&body)?;
+    let request = parse_task_request(&body)?;
     let task = state.service.create(NewTask::try_from(request)?).await?;
     Ok((
         StatusCode::CREATED,
@@ -152,8 +152,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Parses the body into a request, with errors that name the offending field.
-fn parse_body(body: &[u8]) -> Result<TaskRequest, ApiError> {
+/// Parses a `POST /tasks` body into a request, with errors that name the offending field.
+pub fn parse_task_request(body: &[u8]) -> Result<TaskRequest, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let mut track = serde_path_to_error::Track::new();
     let request = TaskRequest::deserialize_object(serde_path_to_error::Deserializer::new(

@@ -13,6 +13,7 @@ use kafka_retry::redis_store::{RedisSettings, RedisStore};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -211,6 +212,10 @@ pub(crate) struct Record {
     pub(crate) payload: Vec<u8>,
     /// The broker's or producer's timestamp, ms.
     pub(crate) timestamp: i64,
+    /// Its key.
+    pub(crate) key: Option<Vec<u8>>,
+    /// Its headers, in order, values as text.
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// Reads every partition of `topic` from the beginning until `expected` records arrived, then for
@@ -262,6 +267,20 @@ fn consume_blocking(
                 partition: message.partition(),
                 payload: message.payload().unwrap_or_default().to_vec(),
                 timestamp: message.timestamp().to_millis().unwrap_or_default(),
+                key: message.key().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_owned(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
             if records.len() >= expected && reached.is_none() {
                 reached = Some(Instant::now());

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use kafka_retry::domain::{Destination, Publisher, Topic};
+use kafka_retry::domain::{Destination, Message, Publisher, Topic};
 use kafka_retry::kafka_publisher::{KafkaPublisher, KafkaSettings};
 
 use crate::helpers::{consume, create_topic, free_port, kafka_addr};
@@ -15,6 +15,14 @@ fn publisher() -> KafkaPublisher {
     })
 }
 
+fn message(payload: &[u8]) -> Message<'_> {
+    Message {
+        payload,
+        key: None,
+        headers: Vec::new(),
+    }
+}
+
 fn destination(topic: &str, partition: i32, brokers: &str) -> Destination {
     Destination {
         topic: Topic::parse(topic.to_owned()).expect("topic"),
@@ -24,12 +32,17 @@ fn destination(topic: &str, partition: i32, brokers: &str) -> Destination {
 }
 
 #[tokio::test]
-async fn publishes_the_exact_bytes_to_the_requested_partition() {
+async fn publishes_the_exact_bytes_key_and_headers_to_the_requested_partition() {
     let topic = create_topic(2).await;
     let publisher = publisher();
     let payload = b"\x00binary\xffbytes";
+    let record = Message {
+        payload,
+        key: Some(b"order-42"),
+        headers: vec![("a", "1".to_owned()), ("b", "two".to_owned())],
+    };
     publisher
-        .publish(&destination(&topic, 1, &kafka_addr()), payload)
+        .publish(&destination(&topic, 1, &kafka_addr()), &record)
         .await
         .expect("acknowledged");
     let records = consume(
@@ -42,13 +55,21 @@ async fn publishes_the_exact_bytes_to_the_requested_partition() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].partition, 1);
     assert_eq!(records[0].payload, payload);
+    assert_eq!(records[0].key.as_deref(), Some(&b"order-42"[..]));
+    assert_eq!(
+        records[0].headers,
+        [
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "two".to_owned())
+        ]
+    );
 }
 
 #[tokio::test]
 async fn a_partition_that_does_not_exist_fails_the_publish() {
     let topic = create_topic(1).await;
     let error = publisher()
-        .publish(&destination(&topic, 5, &kafka_addr()), b"x")
+        .publish(&destination(&topic, 5, &kafka_addr()), &message(b"x"))
         .await
         .expect_err("no such partition");
     assert!(!error.0.is_empty());
@@ -59,7 +80,7 @@ async fn an_unreachable_cluster_fails_within_the_message_timeout_not_minutes() {
     let nowhere = format!("127.0.0.1:{}", free_port());
     let start = Instant::now();
     let error = publisher()
-        .publish(&destination("anything", 0, &nowhere), b"x")
+        .publish(&destination("anything", 0, &nowhere), &message(b"x"))
         .await
         .expect_err("nobody there");
     assert!(

@@ -20,6 +20,7 @@ fn task(now: i64, delay_seconds: i64) -> Task {
         dead_destination: None,
         max_retries: Some(3),
         retry_delay_seconds: Some(delay_seconds),
+        ..TaskRequest::default()
     })
     .expect("valid");
     Task::new(TaskId::generate(), new, now, Duration::from_secs(3600))
