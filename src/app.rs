@@ -14,6 +14,7 @@ use crate::domain::{BrokerAllowlist, Settings, SystemClock, TaskService};
 use crate::http::{ConnectionLimits, HttpSettings};
 use crate::kafka_publisher::{KafkaPublisher, KafkaSettings};
 use crate::redis_store::{RedisSettings, RedisStore};
+use crate::worker::WorkerSettings;
 use crate::{http, worker};
 
 /// The service as it runs in production: Redis store, Kafka publisher, system clock.
@@ -35,6 +36,7 @@ impl App {
             db: config.redis_db,
             key_prefix: config.redis_key_prefix.clone(),
             timeout: config.redis_timeout,
+            idempotency_ttl: config.idempotency_ttl,
         })
         .context("REDIS_ADDR")?;
         let publisher = KafkaPublisher::new(KafkaSettings {
@@ -96,6 +98,7 @@ impl App {
                 request_timeout: config.http_request_timeout,
                 api_token: config.api_token.as_ref().map(|t| t.expose().to_owned()),
             },
+            Some(crate::telemetry::metrics_handle()),
         );
         let limits = ConnectionLimits {
             header_timeout: config.http_header_timeout,
@@ -105,8 +108,11 @@ impl App {
         let mut server = tokio::spawn(http::serve(listener, router, limits, shutdown.clone()));
         let mut worker = tokio::spawn(worker::run(
             service.clone(),
-            config.poll_interval,
-            config.shutdown_grace,
+            WorkerSettings {
+                poll_interval: config.poll_interval,
+                grace: config.shutdown_grace,
+                dead_task_retention: config.dead_task_retention,
+            },
             shutdown.clone(),
         ));
 

@@ -108,6 +108,13 @@ pub struct Config {
     /// `HTTP_MAX_CONNECTIONS`: open connections beyond this are closed at once.
     #[serde(default = "defaults::http_max_connections")]
     pub http_max_connections: usize,
+    /// `IDEMPOTENCY_TTL`: how long an idempotency key answers with its first task.
+    #[serde(default = "defaults::idempotency_ttl", with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// `DEAD_TASK_RETENTION`: how long dead tasks are kept before they are removed (and counted
+    /// in `kafka_retry_dead_tasks_expired_total`). Unset: kept until an operator removes them.
+    #[serde(default, with = "humantime_serde")]
+    pub dead_task_retention: Option<Duration>,
     /// `KAFKA_PRODUCER_*`: librdkafka properties for every producer, such as
     /// `KAFKA_PRODUCER_SECURITY_PROTOCOL=SASL_SSL` for `security.protocol`. Values are never printed.
     #[serde(skip)]
@@ -279,6 +286,8 @@ impl Config {
             "HTTP_REQUEST_TIMEOUT",
             "HTTP_HEADER_TIMEOUT",
             "HTTP_MAX_CONNECTIONS",
+            "IDEMPOTENCY_TTL",
+            "DEAD_TASK_RETENTION",
         ]
     }
 }
@@ -343,6 +352,9 @@ mod defaults {
     }
     pub(super) fn http_max_connections() -> usize {
         10_000
+    }
+    pub(super) fn idempotency_ttl() -> Duration {
+        Duration::from_secs(24 * 3600)
     }
 }
 

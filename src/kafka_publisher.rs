@@ -21,7 +21,8 @@ pub struct KafkaSettings {
     pub message_timeout: Duration,
     /// How long a producer waits to batch messages together.
     pub linger: Duration,
-    /// Extra librdkafka properties applied to every producer (for example SASL or TLS settings).
+    /// Extra librdkafka properties applied to every producer (for example SASL or TLS settings);
+    /// they cannot change the brokers, idempotence, acks or the message timeout.
     pub extra: Vec<(String, String)>,
 }
 
@@ -63,18 +64,20 @@ impl KafkaPublisher {
         let settings = &self.settings;
         let mut config = ClientConfig::new();
         config
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "30000");
+        for (key, value) in &settings.extra {
+            config.set(key, value);
+        }
+        config
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set(
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", settings.linger.as_millis().to_string())
-            .set("reconnect.backoff.max.ms", "1000");
-        for (key, value) in &settings.extra {
-            config.set(key, value);
-        }
+            );
         config
             .create()
             .map_err(|e| PublishError(format!("cannot create a producer for {brokers}: {e}")))

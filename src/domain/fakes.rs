@@ -4,7 +4,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use super::ports::{Claim, Clock, Outcome, PublishError, Publisher, StoreError, TaskStore};
+use super::ports::{
+    Cancelled, Claim, Clock, Counts, Created, Outcome, Placement, PublishError, Publisher,
+    StoreError, StoredTask, TaskStore,
+};
 use super::task::{Destination, Message, Millis, Task, TaskId};
 
 /// A clock that moves only when told.
@@ -28,10 +31,27 @@ struct Tables {
     records: HashMap<TaskId, Task>,
     schedule: BTreeSet<(Millis, TaskId)>,
     leases: HashMap<TaskId, Millis>,
-    dead: HashSet<TaskId>,
+    dead: BTreeSet<(Millis, TaskId)>,
+    idempotency: HashMap<String, TaskId>,
 }
 
-/// A task store in memory, with the same claim and lease rules as the Redis one.
+impl Tables {
+    fn placement(&self, id: TaskId) -> Placement {
+        if self.leases.contains_key(&id) {
+            Placement::InFlight
+        } else if self.dead.iter().any(|(_, dead)| *dead == id) {
+            Placement::Dead
+        } else {
+            Placement::Scheduled
+        }
+    }
+
+    fn unschedule(&mut self, id: TaskId) {
+        self.schedule.retain(|(_, scheduled)| *scheduled != id);
+    }
+}
+
+/// A task store in memory, with the same claim, lease and idempotency rules as the Redis one.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {
     tables: Mutex<Tables>,
@@ -69,16 +89,28 @@ impl MemoryStore {
 
     /// Whether the task is kept as dead.
     pub(crate) fn is_dead(&self, id: TaskId) -> bool {
-        self.tables.lock().expect("store lock").dead.contains(&id)
+        let tables = self.tables.lock().expect("store lock");
+        tables.dead.iter().any(|(_, dead)| *dead == id)
     }
 }
 
 impl TaskStore for MemoryStore {
-    async fn create(&self, task: &Task) -> Result<(), StoreError> {
+    async fn create_many(&self, tasks: &[Task]) -> Result<Vec<Created>, StoreError> {
         let mut tables = self.tables()?;
-        tables.schedule.insert((task.due_at, task.id));
-        tables.records.insert(task.id, task.clone());
-        Ok(())
+        let mut created = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if let Some(key) = &task.idempotency_key {
+                if let Some(existing) = tables.idempotency.get(key) {
+                    created.push(Created::Existing(*existing));
+                    continue;
+                }
+                tables.idempotency.insert(key.clone(), task.id);
+            }
+            tables.schedule.insert((task.due_at, task.id));
+            tables.records.insert(task.id, task.clone());
+            created.push(Created::New);
+        }
+        Ok(created)
     }
 
     async fn claim_due(
@@ -138,12 +170,101 @@ impl TaskStore for MemoryStore {
                     tables.records.insert(id, task.clone());
                 }
                 Outcome::Bury(task) => {
-                    tables.dead.insert(id);
+                    tables.dead.insert((task.due_at, id));
                     tables.records.insert(id, task.clone());
                 }
             }
         }
         Ok(())
+    }
+
+    async fn find(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let tables = self.tables()?;
+        Ok(tables.records.get(&id).map(|task| StoredTask {
+            task: task.clone(),
+            placement: tables.placement(id),
+        }))
+    }
+
+    async fn list(
+        &self,
+        placement: Placement,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredTask>, u64), StoreError> {
+        let tables = self.tables()?;
+        let ids: Vec<TaskId> = match placement {
+            Placement::Scheduled => tables.schedule.iter().map(|(_, id)| *id).collect(),
+            Placement::InFlight => tables.leases.keys().copied().collect(),
+            Placement::Dead => tables.dead.iter().map(|(_, id)| *id).collect(),
+        };
+        let page = ids
+            .iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit)
+            .filter_map(|id| tables.records.get(id))
+            .map(|task| StoredTask {
+                task: task.clone(),
+                placement,
+            })
+            .collect();
+        Ok((page, ids.len() as u64))
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<Cancelled, StoreError> {
+        let mut tables = self.tables()?;
+        if tables.leases.contains_key(&id) {
+            return Ok(Cancelled::InFlight);
+        }
+        tables.unschedule(id);
+        tables.dead.retain(|(_, dead)| *dead != id);
+        Ok(match tables.records.remove(&id) {
+            Some(_) => Cancelled::Removed,
+            None => Cancelled::NotFound,
+        })
+    }
+
+    async fn revive(&self, tasks: &[(Task, Placement)]) -> Result<Vec<bool>, StoreError> {
+        let mut tables = self.tables()?;
+        let mut revived = Vec::with_capacity(tasks.len());
+        for (task, found) in tasks {
+            let still_there = tables.placement(task.id) == *found
+                && tables.records.contains_key(&task.id)
+                && *found != Placement::InFlight;
+            if still_there {
+                tables.dead.retain(|(_, dead)| *dead != task.id);
+                tables.unschedule(task.id);
+                tables.schedule.insert((task.due_at, task.id));
+                tables.records.insert(task.id, task.clone());
+            }
+            revived.push(still_there);
+        }
+        Ok(revived)
+    }
+
+    async fn expire_dead(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
+        let mut tables = self.tables()?;
+        let expired: Vec<(Millis, TaskId)> = tables
+            .dead
+            .iter()
+            .take_while(|(at, _)| *at < before)
+            .take(limit)
+            .copied()
+            .collect();
+        for entry in &expired {
+            tables.dead.remove(entry);
+            tables.records.remove(&entry.1);
+        }
+        Ok(expired.len() as u64)
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let tables = self.tables()?;
+        Ok(Counts {
+            scheduled: tables.schedule.len() as u64,
+            in_flight: tables.leases.len() as u64,
+            dead: tables.dead.len() as u64,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

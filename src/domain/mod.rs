@@ -11,9 +11,10 @@ pub(crate) mod fakes;
 
 pub use brokers::BrokerAllowlist;
 pub use ports::{
-    Claim, Clock, Outcome, PublishError, Publisher, StoreError, SystemClock, TaskStore,
+    Cancelled, Claim, Clock, Counts, Created, Outcome, Placement, PublishError, Publisher,
+    StoreError, StoredTask, SystemClock, TaskStore,
 };
-pub use service::{CreateError, Settings, Step, TaskService};
+pub use service::{CreateError, Retried, Settings, Step, Submitted, TaskService, metric};
 pub use task::{
     Backoff, BackoffRequest, Destination, DestinationRequest, Message, Millis, NewTask, Strategy,
     Task, TaskId, TaskRequest, TaskState, Topic, ValidationError,

@@ -47,10 +47,118 @@ impl Outcome {
     }
 }
 
+/// What storing a new task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// It was stored and scheduled.
+    New,
+    /// Its idempotency key was taken by the task with this id; nothing was stored.
+    Existing(TaskId),
+}
+
+/// Where a stored task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// In the schedule, waiting for its next publish.
+    Scheduled,
+    /// Claimed by a worker, being published.
+    InFlight,
+    /// Kept as dead.
+    Dead,
+}
+
+/// A task with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTask {
+    /// The task's record.
+    pub task: Task,
+    /// Where it is.
+    pub placement: Placement,
+}
+
+/// What cancelling a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It is gone.
+    Removed,
+    /// There was no such task.
+    NotFound,
+    /// A worker is publishing it; it was left alone.
+    InFlight,
+}
+
+/// How many tasks are where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// In the schedule (including those waiting for a dead-letter publish).
+    pub scheduled: u64,
+    /// Being published.
+    pub in_flight: u64,
+    /// Kept as dead.
+    pub dead: u64,
+}
+
+impl Counts {
+    /// `(scheduled, in_flight, dead)`.
+    pub fn as_tuple(self) -> (u64, u64, u64) {
+        (self.scheduled, self.in_flight, self.dead)
+    }
+}
+
 /// Durable storage for tasks and their schedule.
 pub trait TaskStore: Send + Sync + 'static {
-    /// Stores a new task and schedules it at its `due_at`, all or nothing.
-    fn create(&self, task: &Task) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores new tasks and schedules each at its `due_at`, each all or nothing, in one step.
+    /// A task whose idempotency key is already taken is not stored.
+    fn create_many(
+        &self,
+        tasks: &[Task],
+    ) -> impl Future<Output = Result<Vec<Created>, StoreError>> + Send;
+
+    /// Stores one new task, as [`create_many`](Self::create_many) does.
+    fn create(&self, task: &Task) -> impl Future<Output = Result<Created, StoreError>> + Send {
+        async move {
+            let created = self.create_many(std::slice::from_ref(task)).await?;
+            created
+                .first()
+                .copied()
+                .ok_or_else(|| StoreError("the store answered for no task".into()))
+        }
+    }
+
+    /// The task with this id, and where it is.
+    fn find(
+        &self,
+        id: TaskId,
+    ) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
+
+    /// A page of the tasks at `placement`, in due (or death) order, and how many there are.
+    fn list(
+        &self,
+        placement: Placement,
+        offset: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<StoredTask>, u64), StoreError>> + Send;
+
+    /// Removes a task unless a worker is publishing it.
+    fn cancel(&self, id: TaskId) -> impl Future<Output = Result<Cancelled, StoreError>> + Send;
+
+    /// Puts tasks found at `placement` back in the schedule with the records given, as long as
+    /// they are still there and not in flight; says for each whether it was.
+    fn revive(
+        &self,
+        tasks: &[(Task, Placement)],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+
+    /// Removes up to `limit` dead tasks that died before `before`; returns how many.
+    fn expire_dead(
+        &self,
+        before: Millis,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// How many tasks are where.
+    fn counts(&self) -> impl Future<Output = Result<Counts, StoreError>> + Send;
 
     /// Atomically claims up to `limit` tasks due at `now` (and tasks whose lease ran out), leasing
     /// them until `lease_until` so that no other claim returns them meanwhile.

@@ -9,7 +9,10 @@ use futures::stream::FuturesUnordered;
 use tracing::{error, info, warn};
 
 use super::brokers::BrokerAllowlist;
-use super::ports::{Claim, Clock, Outcome, Publisher, StoreError, TaskStore};
+use super::ports::{
+    Cancelled, Claim, Clock, Counts, Created, Outcome, Placement, Publisher, StoreError,
+    StoredTask, TaskStore,
+};
 use super::task::{
     AfterFailure, Destination, Millis, NewTask, Task, TaskId, TaskState, ValidationError,
 };
@@ -49,6 +52,58 @@ pub struct Step {
     pub released: usize,
     /// When the earliest task left in the schedule falls due.
     pub next_due: Option<Millis>,
+}
+
+/// What a submission came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new task, stored and scheduled.
+    Scheduled(Box<Task>),
+    /// Its idempotency key was already used: this is the first task's id; nothing new was stored.
+    Existing(TaskId),
+}
+
+impl Submitted {
+    /// The id the client should know the task by.
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            Self::Scheduled(task) => task.id,
+            Self::Existing(id) => *id,
+        }
+    }
+}
+
+/// What asking to retry a task came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// Back in the schedule with a fresh budget, due now.
+    Revived,
+    /// No such task.
+    NotFound,
+    /// The task still has its budget (or is being published); nothing changed.
+    NotExhausted,
+}
+
+/// Names of the metrics the use cases record.
+pub mod metric {
+    /// Tasks stored (not counting idempotent replays).
+    pub const CREATED: &str = "kafka_retry_tasks_created_total";
+    /// Publishes Kafka acknowledged, to destinations and dead-letter destinations.
+    pub const PROCESSED: &str = "kafka_retry_tasks_processed_total";
+    /// Publishes that failed.
+    pub const FAILED: &str = "kafka_retry_tasks_failed_total";
+    /// Tasks published to their dead-letter destination.
+    pub const DEAD_LETTERED: &str = "kafka_retry_tasks_dead_lettered_total";
+    /// Tasks kept as dead, having no dead-letter destination.
+    pub const KEPT_DEAD: &str = "kafka_retry_tasks_kept_dead_total";
+    /// Dead tasks removed by `DEAD_TASK_RETENTION`.
+    pub const EXPIRED: &str = "kafka_retry_dead_tasks_expired_total";
+    /// Dead tasks put back in the schedule by an operator.
+    pub const REVIVED: &str = "kafka_retry_tasks_revived_total";
+    /// Seconds one publish took, until Kafka answered.
+    pub const PROCESSING_DURATION: &str = "kafka_retry_processing_duration_seconds";
+    /// Seconds between a task's due time and its claim for publishing.
+    pub const LATENESS: &str = "kafka_retry_lateness_seconds";
 }
 
 /// Schedules tasks and delivers them, over a store and a publisher.
@@ -91,28 +146,169 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
     }
 
     /// Stores a validated task and schedules its first attempt, once its brokers are known to be
-    /// allowed.
-    pub async fn create(&self, new: NewTask) -> Result<Task, CreateError> {
-        self.check_brokers("destination", &new.destination)?;
-        if let Some(dead) = &new.dead_destination {
-            self.check_brokers("dead_destination", dead)?;
+    /// allowed; a known idempotency key answers with the first task instead.
+    pub async fn create(&self, new: NewTask) -> Result<Submitted, CreateError> {
+        let mut submitted = self.create_many(vec![Ok(new)]).await?;
+        submitted
+            .pop()
+            .ok_or_else(|| StoreError("the store answered for no task".into()))?
+            .map_err(CreateError::Rejected)
+    }
+
+    /// Stores a batch of submissions in one store call; each that is invalid or names a broker
+    /// outside the allowlist is answered with its error and the others go ahead.
+    pub async fn create_many(
+        &self,
+        submissions: Vec<Result<NewTask, ValidationError>>,
+    ) -> Result<Vec<Result<Submitted, ValidationError>>, StoreError> {
+        let now = self.clock.now();
+        let mut tasks = Vec::new();
+        let answers: Vec<Result<(), ValidationError>> = submissions
+            .into_iter()
+            .map(|submission| {
+                let new = submission?;
+                self.check_brokers("destination", &new.destination)?;
+                if let Some(dead) = &new.dead_destination {
+                    self.check_brokers("dead_destination", dead)?;
+                }
+                tasks.push(Task::new(
+                    TaskId::generate(),
+                    new,
+                    now,
+                    self.settings.max_delay,
+                ));
+                Ok(())
+            })
+            .collect();
+        let created = self.bounded(self.store.create_many(&tasks)).await?;
+        let mut stored = tasks
+            .into_iter()
+            .zip(created)
+            .map(|(task, created)| match created {
+                Created::New => {
+                    metrics::counter!(metric::CREATED).increment(1);
+                    info!(
+                        task_id = %task.id,
+                        attempt = 1,
+                        max_retries = task.max_retries,
+                        topic = %task.destination.topic,
+                        due_at = task.due_at,
+                        "task scheduled"
+                    );
+                    Submitted::Scheduled(Box::new(task))
+                }
+                Created::Existing(first) => {
+                    info!(task_id = %first, "idempotent replay; nothing scheduled");
+                    Submitted::Existing(first)
+                }
+            });
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(()) => stored
+                    .next()
+                    .map(Ok)
+                    .ok_or_else(|| StoreError("the store answered for fewer tasks".into())),
+                Err(rejected) => Ok(Err(rejected)),
+            })
+            .collect()
+    }
+
+    /// The task with this id, and where it is.
+    pub async fn find(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        self.bounded(self.store.find(id)).await
+    }
+
+    /// A page of tasks at `placement`, and how many there are.
+    pub async fn list(
+        &self,
+        placement: Placement,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredTask>, u64), StoreError> {
+        self.bounded(self.store.list(placement, offset, limit))
+            .await
+    }
+
+    /// How many tasks are where.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        self.bounded(self.store.counts()).await
+    }
+
+    /// Cancels a task unless it is being published.
+    pub async fn cancel(&self, id: TaskId) -> Result<Cancelled, StoreError> {
+        let cancelled = self.bounded(self.store.cancel(id)).await?;
+        if cancelled == Cancelled::Removed {
+            info!(task_id = %id, "task cancelled");
         }
-        let task = Task::new(
-            TaskId::generate(),
-            new,
-            self.clock.now(),
-            self.settings.max_delay,
-        );
-        self.bounded(self.store.create(&task)).await?;
-        info!(
-            task_id = %task.id,
-            attempt = 1,
-            max_retries = task.max_retries,
-            topic = %task.destination.topic,
-            due_at = task.due_at,
-            "task scheduled"
-        );
-        Ok(task)
+        Ok(cancelled)
+    }
+
+    /// Puts a task whose budget ran out (dead, or waiting for its dead-letter publish) back in
+    /// the schedule with a fresh budget, due now.
+    pub async fn retry(&self, id: TaskId) -> Result<Retried, StoreError> {
+        let Some(stored) = self.find(id).await? else {
+            return Ok(Retried::NotFound);
+        };
+        Ok(if self.revive(vec![stored]).await? == 1 {
+            Retried::Revived
+        } else {
+            Retried::NotExhausted
+        })
+    }
+
+    /// Puts up to `limit` dead tasks, oldest first, back in the schedule with a fresh budget;
+    /// returns how many.
+    pub async fn retry_dead(&self, limit: usize) -> Result<u64, StoreError> {
+        let (dead, _) = self.list(Placement::Dead, 0, limit).await?;
+        self.revive(dead).await
+    }
+
+    async fn revive(&self, found: Vec<StoredTask>) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let exhausted: Vec<(Task, Placement)> = found
+            .into_iter()
+            .filter(|stored| match stored.placement {
+                Placement::Dead => true,
+                Placement::Scheduled => stored.task.state == TaskState::DeadLettering,
+                Placement::InFlight => false,
+            })
+            .map(|stored| (stored.task.revived(now), stored.placement))
+            .collect();
+        let revived = self.bounded(self.store.revive(&exhausted)).await?;
+        let mut count = 0;
+        for ((task, _), revived) in exhausted.iter().zip(revived) {
+            if revived {
+                count += 1;
+                info!(
+                    task_id = %task.id,
+                    max_retries = task.max_retries,
+                    topic = %task.destination.topic,
+                    "task revived with a fresh budget"
+                );
+            }
+        }
+        metrics::counter!(metric::REVIVED).increment(count);
+        Ok(count)
+    }
+
+    /// Removes dead tasks that died longer than `retention` ago; returns how many.
+    pub async fn expire_dead(&self, retention: Duration) -> Result<u64, StoreError> {
+        const PAGE: usize = 1000;
+        let before = self.clock.now().saturating_sub(millis(retention));
+        let mut total = 0;
+        loop {
+            let expired = self.bounded(self.store.expire_dead(before, PAGE)).await?;
+            total += expired;
+            if expired < PAGE as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            metrics::counter!(metric::EXPIRED).increment(total);
+            info!(expired = total, "dead tasks past their retention removed");
+        }
+        Ok(total)
     }
 
     fn check_brokers(&self, field: &str, destination: &Destination) -> Result<(), ValidationError> {
@@ -157,6 +353,10 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
             return Ok(step);
         }
 
+        for task in &tasks {
+            let late = now.saturating_sub(task.due_at).max(0);
+            metrics::histogram!(metric::LATENESS).record(late as f64 / 1000.0);
+        }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; tasks.len()];
         {
             let mut in_flight: FuturesUnordered<_> = tasks
@@ -206,11 +406,18 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
                 return Outcome::Bury(current.clone());
             };
             let attempt = current.attempt();
+            let started = std::time::Instant::now();
             let result = self.publisher.publish(target, &current.message()).await;
+            metrics::histogram!(metric::PROCESSING_DURATION)
+                .record(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(()) => {
+                    metrics::counter!(metric::PROCESSED).increment(1);
                     let event = match current.state {
-                        TaskState::DeadLettering => "task dead-lettered",
+                        TaskState::DeadLettering => {
+                            metrics::counter!(metric::DEAD_LETTERED).increment(1);
+                            "task dead-lettered"
+                        }
                         _ => "task delivered",
                     };
                     info!(
@@ -223,7 +430,10 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
                     );
                     return Outcome::Done(current.id);
                 }
-                Err(error) => error.0,
+                Err(error) => {
+                    metrics::counter!(metric::FAILED).increment(1);
+                    error.0
+                }
             };
             warn!(
                 task_id = %current.id,
@@ -239,6 +449,7 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
                 AfterFailure::Retry(next) => return Outcome::Reschedule(next),
                 AfterFailure::DeadLetter(next) => dead_lettering = Some(next),
                 AfterFailure::Bury(dead) => {
+                    metrics::counter!(metric::KEPT_DEAD).increment(1);
                     error!(
                         task_id = %dead.id,
                         attempt,
@@ -333,6 +544,13 @@ mod tests {
         .expect("valid task")
     }
 
+    async fn create(service: &Service, new: NewTask) -> Task {
+        match service.create(new).await.expect("created") {
+            Submitted::Scheduled(task) => *task,
+            Submitted::Existing(id) => panic!("unexpected replay of {id}"),
+        }
+    }
+
     async fn step(service: &Service) -> Step {
         service
             .deliver_due(std::future::pending())
@@ -343,7 +561,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_is_not_published_before_it_is_due() {
         let (service, clock) = service();
-        service.create(new_task(3, None)).await.expect("created");
+        create(&service, new_task(3, None)).await;
         clock.set(9_999);
         assert_eq!(step(&service).await.claimed, 0);
         assert!(service.publisher().published().is_empty());
@@ -352,7 +570,7 @@ mod tests {
     #[tokio::test]
     async fn a_due_task_is_published_once_and_forgotten() {
         let (service, clock) = service();
-        let task = service.create(new_task(3, None)).await.expect("created");
+        let task = create(&service, new_task(3, None)).await;
         clock.set(10_000);
         assert_eq!(step(&service).await.claimed, 1);
         assert_eq!(
@@ -367,10 +585,7 @@ mod tests {
     async fn failed_attempts_follow_the_backoff_then_dead_letter_in_the_same_step() {
         let (service, clock) = service();
         service.publisher().fail_topic("orders");
-        let task = service
-            .create(new_task(3, Some("dlq")))
-            .await
-            .expect("created");
+        let task = create(&service, new_task(3, Some("dlq"))).await;
         clock.set(10_000);
         step(&service).await;
         assert_eq!(service.store().scheduled(), [(30_000, task.id)]);
@@ -391,7 +606,7 @@ mod tests {
     async fn a_dead_lettered_record_names_its_original_destination_and_last_attempt() {
         let (service, clock) = service();
         service.publisher().fail_topic("orders");
-        service.create(new_task(1, Some("dlq"))).await.expect("created");
+        create(&service, new_task(1, Some("dlq"))).await;
         clock.set(10_000);
         step(&service).await;
         let headers = service.publisher().headers();
@@ -410,7 +625,7 @@ mod tests {
     async fn an_exhausted_task_without_dead_destination_is_kept_as_dead() {
         let (service, clock) = service();
         service.publisher().fail_topic("orders");
-        let task = service.create(new_task(1, None)).await.expect("created");
+        let task = create(&service, new_task(1, None)).await;
         clock.set(10_000);
         step(&service).await;
         let record = service.store().record(task.id).expect("kept");
@@ -426,10 +641,7 @@ mod tests {
         let (service, clock) = service();
         service.publisher().fail_topic("orders");
         service.publisher().fail_topic("dlq");
-        let task = service
-            .create(new_task(1, Some("dlq")))
-            .await
-            .expect("created");
+        let task = create(&service, new_task(1, Some("dlq"))).await;
         clock.set(10_000);
         step(&service).await;
         let record = service.store().record(task.id).expect("kept");
@@ -441,7 +653,7 @@ mod tests {
     #[tokio::test]
     async fn a_claimed_task_is_not_claimed_again_until_its_lease_runs_out() {
         let (service, clock) = service();
-        let task = service.create(new_task(1, None)).await.expect("created");
+        let task = create(&service, new_task(1, None)).await;
         let store = service.store();
         let first = store.claim_due(10_000, 10, 40_000).await.expect("claim");
         assert_eq!(first.tasks.len(), 1);
@@ -465,7 +677,7 @@ mod tests {
     async fn giving_up_hands_unfinished_tasks_back_unchanged() {
         let (service, clock) = service();
         service.publisher().hang_topic("orders");
-        let task = service.create(new_task(3, None)).await.expect("created");
+        let task = create(&service, new_task(3, None)).await;
         clock.set(10_000);
         let step = service
             .deliver_due(std::future::ready(()))
@@ -479,7 +691,7 @@ mod tests {
     #[tokio::test]
     async fn outcomes_are_recorded_after_a_brief_store_outage() {
         let (service, clock) = service();
-        let task = service.create(new_task(3, None)).await.expect("created");
+        let task = create(&service, new_task(3, None)).await;
         clock.set(10_000);
         let claim = service
             .store()
@@ -518,5 +730,85 @@ mod tests {
         service.store().set_down(true);
         assert!(service.create(new_task(1, None)).await.is_err());
         assert!(service.health().await.is_err());
+    }
+
+    async fn dead_task(service: &Service, clock: &ManualClock) -> Task {
+        service.publisher().fail_topic("orders");
+        let task = create(service, new_task(1, None)).await;
+        clock.set(task.due_at);
+        step(service).await;
+        assert!(service.store().is_dead(task.id));
+        task
+    }
+
+    #[tokio::test]
+    async fn a_dead_task_retried_gets_a_fresh_budget_and_is_due_at_once() {
+        let (service, clock) = service();
+        let task = dead_task(&service, &clock).await;
+        clock.set(50_000);
+        assert_eq!(
+            service.retry(task.id).await.expect("retry"),
+            Retried::Revived
+        );
+        let record = service.store().record(task.id).expect("kept");
+        assert_eq!(record.state, TaskState::Scheduled);
+        assert_eq!(record.attempts, 0);
+        assert_eq!(service.store().scheduled(), [(50_000, task.id)]);
+        assert!(!service.store().is_dead(task.id));
+        assert_eq!(
+            service.retry(task.id).await.expect("retry"),
+            Retried::NotExhausted
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_tasks_can_be_replayed_in_bulk() {
+        let (service, clock) = service();
+        dead_task(&service, &clock).await;
+        dead_task(&service, &clock).await;
+        assert_eq!(service.retry_dead(10).await.expect("replay"), 2);
+        assert_eq!(
+            service.counts().await.expect("counts").as_tuple(),
+            (2, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_tasks_past_their_retention_are_removed_and_counted() {
+        let (service, clock) = service();
+        let task = dead_task(&service, &clock).await;
+        clock.set(10_000 + 3_600_000);
+        assert_eq!(
+            service
+                .expire_dead(Duration::from_secs(7200))
+                .await
+                .expect("expire"),
+            0
+        );
+        clock.set(10_000 + 7_200_001);
+        assert_eq!(
+            service
+                .expire_dead(Duration::from_secs(7200))
+                .await
+                .expect("expire"),
+            1
+        );
+        assert!(service.store().record(task.id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_task_in_flight_cannot_be_cancelled() {
+        let (service, _) = service();
+        let task = create(&service, new_task(1, None)).await;
+        service
+            .store()
+            .claim_due(10_000, 10, 40_000)
+            .await
+            .expect("claim");
+        assert_eq!(
+            service.cancel(task.id).await.expect("cancel"),
+            Cancelled::InFlight
+        );
+        assert!(service.store().record(task.id).is_some());
     }
 }

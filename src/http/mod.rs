@@ -1,42 +1,30 @@
-//! The HTTP API: `POST /tasks` and `GET /health`, with every error as JSON, an optional bearer
-//! token, and a deadline on every request. [`serve`] runs it with connection limits.
+//! The HTTP API: tasks (submit, batch, inspect, list, cancel, retry), health, metrics and the
+//! dashboard, with every error as JSON, an optional bearer token and a deadline on every request.
+//! [`serve`] runs it with connection limits.
 
 mod error;
 mod server;
+mod tasks;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use server::{ConnectionLimits, MAX_HEADER_BYTES, serve};
+pub use tasks::{MAX_BATCH, MAX_PAGE, parse_task_request};
 
-use crate::domain::{NewTask, Publisher, TaskRequest, TaskService, TaskStore};
-
-/// What the handlers share.
-struct AppState<S, P> {
-    service: Arc<TaskService<S, P>>,
-    body_limit: usize,
-}
-
-impl<S, P> Clone for AppState<S, P> {
-    fn clone(&self) -> Self {
-        Self {
-            service: self.service.clone(),
-            body_limit: self.body_limit,
-        }
-    }
-}
+use crate::domain::{Publisher, TaskService, TaskStore};
 
 /// How the API treats requests.
 #[derive(Debug, Clone)]
@@ -45,33 +33,74 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// The longest a request may take, body included.
     pub request_timeout: Duration,
-    /// When set, every route but `/health` needs `Authorization: Bearer <token>`.
+    /// When set, every route but `/health` (and the dashboard's static page) needs
+    /// `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
 }
 
-/// The API's routes over `service`.
+/// What the handlers share.
+struct AppState<S, P> {
+    service: Arc<TaskService<S, P>>,
+    body_limit: usize,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl<S, P> Clone for AppState<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            body_limit: self.body_limit,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Counted for every request, by method, matched route and status.
+const HTTP_REQUESTS: &str = "kafka_retry_http_requests_total";
+/// Seconds every request took, by method and matched route.
+const HTTP_DURATION: &str = "kafka_retry_http_request_duration_seconds";
+
+/// The API's routes over `service`; `/metrics` renders `metrics` when given.
 pub fn router<S: TaskStore, P: Publisher>(
     service: Arc<TaskService<S, P>>,
     settings: &HttpSettings,
+    metrics: Option<PrometheusHandle>,
 ) -> Router {
     let token = settings.api_token.clone().map(Arc::<str>::from);
     let protected = Router::new()
-        .route("/tasks", post(create_task::<S, P>))
+        .route(
+            "/tasks",
+            post(tasks::create::<S, P>).get(tasks::list::<S, P>),
+        )
+        .route("/tasks/batch", post(tasks::create_batch::<S, P>))
+        .route("/tasks/dead/retry", post(tasks::retry_dead::<S, P>))
+        .route(
+            "/tasks/{id}",
+            get(tasks::find::<S, P>).delete(tasks::cancel::<S, P>),
+        )
+        .route("/tasks/{id}/retry", post(tasks::retry::<S, P>))
+        .route("/metrics", get(render_metrics::<S, P>))
         .route_layer(middleware::from_fn_with_state(token, authorize));
     let timeout = settings.request_timeout;
     Router::new()
         .merge(protected)
         .route("/health", get(health::<S, P>))
+        .route(
+            "/ui",
+            get(|| async { Html(include_str!("dashboard.html")) }),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             deadline(timeout, request, next)
         }))
+        .layer(middleware::from_fn(count_request))
         .layer(TraceLayer::new_for_http())
         .with_state(AppState {
             service,
             body_limit: settings.body_limit,
+            metrics,
         })
 }
 
@@ -105,27 +134,21 @@ async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
         .unwrap_or_else(|_| ApiError::RequestTimeout.into_response())
 }
 
-async fn create_task<S: TaskStore, P: Publisher>(
-    State(state): State<AppState<S, P>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.body_limit),
-        _ => ApiError::BadRequest(rejection.body_text()),
-    })?;
-    let request = parse_task_request(&body)?;
-    let task = state.service.create(NewTask::try_from(request)?).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "task_id": task.id.to_string(),
-            "message": "Task scheduled successfully",
-        })),
-    ))
+/// Records the request in the HTTP metrics.
+async fn count_request(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    response
 }
 
 async fn health<S: TaskStore, P: Publisher>(
@@ -143,37 +166,30 @@ async fn health<S: TaskStore, P: Publisher>(
     }
 }
 
-/// Whether the request declares a JSON body (`application/json`, parameters allowed).
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
-}
-
-/// Parses a `POST /tasks` body into a request, with errors that name the offending field.
-pub fn parse_task_request(body: &[u8]) -> Result<TaskRequest, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let mut track = serde_path_to_error::Track::new();
-    let request = TaskRequest::deserialize_object(serde_path_to_error::Deserializer::new(
-        &mut deserializer,
-        &mut track,
-    ))
-    .map_err(|inner| {
-        let path = track.path().to_string();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::BadRequest(format!("malformed JSON: {inner}"))
-        } else if path == "." {
-            ApiError::BadRequest("request body must be a JSON object".into())
-        } else {
-            ApiError::BadRequest(format!("{path}: {inner}"))
+/// Gauges of where tasks are, read from the store at scrape time, then every metric.
+async fn render_metrics<S: TaskStore, P: Publisher>(
+    State(state): State<AppState<S, P>>,
+) -> Result<Response, ApiError> {
+    let Some(handle) = &state.metrics else {
+        return Err(ApiError::NotFound);
+    };
+    match state.service.counts().await {
+        Ok(counts) => {
+            metrics::gauge!("kafka_retry_tasks_scheduled").set(counts.scheduled as f64);
+            metrics::gauge!("kafka_retry_tasks_in_flight").set(counts.in_flight as f64);
+            metrics::gauge!("kafka_retry_tasks_dead").set(counts.dead as f64);
+            metrics::gauge!("kafka_retry_store_up").set(1.0);
         }
-    })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    Ok(request)
+        Err(e) => {
+            tracing::warn!(error = %e, "task counts unavailable for /metrics");
+            metrics::gauge!("kafka_retry_store_up").set(0.0);
+        }
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        Bytes::from(handle.render()),
+    )
+        .into_response())
 }
 
 #[cfg(test)]
@@ -181,7 +197,7 @@ mod tests {
     use std::time::Duration;
 
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{HeaderMap, Request};
     use http_body_util::BodyExt;
     use serde_json::Value;
     use tower::ServiceExt;
@@ -200,6 +216,14 @@ mod tests {
     }
 
     fn app_with(api_token: Option<&str>) -> (Router, Arc<Service>) {
+        app_configured(api_token, LIMIT)
+    }
+
+    fn app_with_limit(limit: Option<usize>) -> (Router, Arc<Service>) {
+        app_configured(None, limit.unwrap_or(LIMIT))
+    }
+
+    fn app_configured(api_token: Option<&str>, body_limit: usize) -> (Router, Arc<Service>) {
         let settings = Settings {
             max_delay: Duration::from_secs(86_400),
             batch_size: 10,
@@ -214,11 +238,11 @@ mod tests {
             settings,
         ));
         let http = HttpSettings {
-            body_limit: LIMIT,
+            body_limit,
             request_timeout: Duration::from_secs(5),
             api_token: api_token.map(str::to_owned),
         };
-        (router(service.clone(), &http), service)
+        (router(service.clone(), &http, None), service)
     }
 
     fn valid_body() -> Value {
@@ -417,7 +441,7 @@ mod tests {
         let (router, _) = app();
         let (status, _, body) = send(
             router,
-            Request::get("/tasks").body(Body::empty()).expect("request"),
+            Request::put("/tasks").body(Body::empty()).expect("request"),
         )
         .await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -511,5 +535,198 @@ mod tests {
         let (status, _, body) = send(app, health).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, json!({"status": "healthy"}));
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).expect("request")
+    }
+
+    fn post_empty(path: &str) -> Request<Body> {
+        Request::post(path).body(Body::empty()).expect("request")
+    }
+
+    async fn scheduled_id(router: Router) -> String {
+        let (status, body) = post_json(router, &valid_body()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        body["task_id"].as_str().expect("task_id").to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_task_can_be_inspected_with_its_payload_on_request() {
+        let (router, _) = app();
+        let id = scheduled_id(router.clone()).await;
+        let (status, _, body) = send(router.clone(), get(&format!("/tasks/{id}"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["task_id"], id.as_str());
+        assert_eq!(body["state"], "scheduled");
+        assert_eq!(body["attempts"], 0);
+        assert_eq!(body["next_attempt_at"], "1970-01-01T00:00:05.000Z");
+        assert_eq!(body["destination"]["topic"], "orders");
+        assert!(body.get("payload").is_none());
+        let (_, _, body) = send(router, get(&format!("/tasks/{id}?include=payload"))).await;
+        assert_eq!(body["payload"], "{\"user_id\": 123}");
+    }
+
+    #[tokio::test]
+    async fn unknown_task_ids_are_json_404s() {
+        for path in ["/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV", "/tasks/not-a-ulid"] {
+            let (router, _) = app();
+            let (status, _, body) = send(router, get(path)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(body["error"], "task not found");
+        }
+        let (router, _) = app();
+        let request = Request::delete("/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(send(router, request).await.0, StatusCode::NOT_FOUND);
+        let (router, _) = app();
+        let request = post_empty("/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/retry");
+        assert_eq!(send(router, request).await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn tasks_are_listed_by_state_a_page_at_a_time() {
+        let (router, _) = app();
+        for _ in 0..3 {
+            scheduled_id(router.clone()).await;
+        }
+        let (status, _, page) = send(router.clone(), get("/tasks?state=scheduled&limit=2")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["tasks"].as_array().map(Vec::len), Some(2));
+        assert_eq!(page["total"], 3);
+        let cursor = page["next_cursor"].as_str().expect("a next page");
+        let (_, _, rest) = send(
+            router.clone(),
+            get(&format!("/tasks?state=scheduled&limit=2&cursor={cursor}")),
+        )
+        .await;
+        assert_eq!(rest["tasks"].as_array().map(Vec::len), Some(1));
+        assert_eq!(rest["next_cursor"], Value::Null);
+        let (_, _, dead) = send(router.clone(), get("/tasks?state=dead")).await;
+        assert_eq!(dead["total"], 0);
+        let (status, _, body) = send(router, get("/tasks?state=lost")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("state")));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_task_is_gone() {
+        let (router, service) = app();
+        let id = scheduled_id(router.clone()).await;
+        let delete = Request::delete(format!("/tasks/{id}"))
+            .body(Body::empty())
+            .expect("request");
+        let (status, _, body) = send(router.clone(), delete).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["message"], "Task cancelled");
+        assert!(service.store().scheduled().is_empty());
+        assert_eq!(
+            send(router, get(&format!("/tasks/{id}"))).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn only_tasks_whose_retries_ran_out_can_be_retried() {
+        let (router, _) = app();
+        let id = scheduled_id(router.clone()).await;
+        let (status, _, body) = send(router, post_empty(&format!("/tasks/{id}/retry"))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("dead")));
+    }
+
+    #[tokio::test]
+    async fn the_same_idempotency_key_returns_the_first_task_and_schedules_nothing() {
+        let (router, service) = app();
+        let mut body = valid_body();
+        body["id"] = json!("order-456-attempt");
+        let (first_status, first) = post_json(router.clone(), &body).await;
+        let (again_status, again) = post_json(router.clone(), &body).await;
+        assert_eq!(first_status, StatusCode::CREATED);
+        assert_eq!(again_status, StatusCode::OK);
+        assert_eq!(first["task_id"], again["task_id"]);
+        let request = Request::post("/tasks")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "header-key")
+            .body(Body::from(valid_body().to_string()))
+            .expect("request");
+        let (status, _, by_header) = send(router.clone(), request).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let request = Request::post("/tasks")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "header-key")
+            .body(Body::from(valid_body().to_string()))
+            .expect("request");
+        let (status, _, replay) = send(router, request).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(by_header["task_id"], replay["task_id"]);
+        assert_eq!(service.store().scheduled().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_each_task_and_a_bad_one_does_not_sink_the_others() {
+        let (router, service) = app();
+        let mut bad = valid_body();
+        bad["max_retries"] = json!(0);
+        let mut outside = valid_body();
+        outside["destination"]["kafka_conn_string"] = json!("evil.example:9092");
+        let body = json!({ "tasks": [valid_body(), bad, "not an object", outside, valid_body()] });
+        let request = Request::post("/tasks/batch")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let (status, _, answer) = send(router, request).await;
+        assert_eq!(status, StatusCode::OK);
+        let statuses: Vec<u64> = answer["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["status"].as_u64().expect("status"))
+            .collect();
+        assert_eq!(statuses, [201, 400, 400, 400, 201]);
+        assert!(
+            answer["results"][1]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_retries"))
+        );
+        assert!(
+            answer["results"][3]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("kafka_conn_string"))
+        );
+        assert_eq!(service.store().scheduled().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_empty_batch_is_a_400() {
+        for tasks in [json!([]), Value::Array(vec![valid_body(); MAX_BATCH + 1])] {
+            let (router, _) = app_with_limit(Some(8 * 1024 * 1024));
+            let request = Request::post("/tasks/batch")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({ "tasks": tasks }).to_string()))
+                .expect("request");
+            let (status, _, body) = send(router, request).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("1 to 1000"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_need_the_token_like_every_route_but_health() {
+        let (router, _) = app_with(Some(TOKEN));
+        assert_eq!(
+            send(router, get("/metrics")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (router, _) = app_with(Some(TOKEN));
+        assert_eq!(
+            send(router, get("/tasks?state=dead")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! | `{kafkaretry:tasks}:leases` | sorted set | claimed tasks, scored by lease end (ms) |
 //! | `{kafkaretry:tasks}:records` | hash | task id to the task's JSON record |
 //! | `{kafkaretry:tasks}:dead` | sorted set | dead tasks, scored by time of death (ms) |
+//! | `{kafkaretry:tasks}:idempotency:<key>` | string | the task id an idempotency key stands for (expires) |
 //!
 //! Claiming and settling are Lua scripts (beside this file), loaded once and run by hash, so each
 //! is one atomic round trip for a whole batch.
@@ -19,7 +20,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, IntoConnectionInfo, Script};
 use tracing::error;
 
-use crate::domain::{Claim, Millis, Outcome, StoreError, Task, TaskId, TaskStore};
+use crate::domain::{
+    Cancelled, Claim, Counts, Created, Millis, Outcome, Placement, StoreError, StoredTask, Task,
+    TaskId, TaskStore,
+};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// How long connecting or one command may take.
     pub timeout: Duration,
+    /// How long an idempotency key keeps answering with its first task.
+    pub idempotency_ttl: Duration,
 }
 
 /// The names of the keys, derived from the prefix.
@@ -43,6 +49,7 @@ struct Keys {
     leases: String,
     records: String,
     dead: String,
+    idempotency: String,
 }
 
 impl Keys {
@@ -52,6 +59,7 @@ impl Keys {
             leases: format!("{{{schedule}}}:leases"),
             records: format!("{{{schedule}}}:records"),
             dead: format!("{{{schedule}}}:dead"),
+            idempotency: format!("{{{schedule}}}:idempotency:"),
             schedule,
         }
     }
@@ -62,8 +70,13 @@ impl Keys {
 pub struct RedisStore {
     connection: ConnectionManager,
     keys: Keys,
+    idempotency_ttl: Duration,
     claim: Script,
     settle: Script,
+    create: Script,
+    cancel: Script,
+    revive: Script,
+    expire: Script,
 }
 
 impl RedisStore {
@@ -94,8 +107,13 @@ impl RedisStore {
         Ok(Self {
             connection,
             keys: Keys::new(&settings.key_prefix),
+            idempotency_ttl: settings.idempotency_ttl,
             claim: Script::new(include_str!("claim.lua")),
             settle: Script::new(include_str!("settle.lua")),
+            create: Script::new(include_str!("create.lua")),
+            cancel: Script::new(include_str!("cancel.lua")),
+            revive: Script::new(include_str!("revive.lua")),
+            expire: Script::new(include_str!("expire.lua")),
         })
     }
 
@@ -114,27 +132,36 @@ impl RedisStore {
             .map_err(store_error)
     }
 
-    /// How many tasks are in the schedule, leased, and dead.
-    pub async fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
-        let keys = &self.keys;
-        redis::pipe()
-            .zcard(&keys.schedule)
-            .zcard(&keys.leases)
-            .zcard(&keys.dead)
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(store_error)
+    /// The stored record of a task, if there is one, wherever it is.
+    pub async fn record(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        Ok(self.find(id).await?.map(|stored| stored.task))
     }
 
-    /// The stored record of a task, if there is one.
-    pub async fn record(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let raw: Option<Vec<u8>> = self
-            .connection
-            .clone()
-            .hget(&self.keys.records, id.to_string())
+    /// Reads the records of `ids` at `placement`; ids whose record is gone are left out.
+    async fn records(
+        &self,
+        ids: Vec<String>,
+        placement: Placement,
+    ) -> Result<Vec<StoredTask>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(&self.keys.records)
+            .arg(&ids)
+            .query_async(&mut self.connection.clone())
             .await
             .map_err(store_error)?;
-        raw.map(|raw| decode(&raw)).transpose()
+        records
+            .into_iter()
+            .flatten()
+            .map(|raw| {
+                Ok(StoredTask {
+                    task: decode(&raw)?,
+                    placement,
+                })
+            })
+            .collect()
     }
 
     /// Moves a claimed task whose record cannot be read to the dead set, where an operator sees it.
@@ -152,17 +179,163 @@ impl RedisStore {
 }
 
 impl TaskStore for RedisStore {
-    async fn create(&self, task: &Task) -> Result<(), StoreError> {
-        let id = task.id.to_string();
-        redis::pipe()
+    async fn create_many(&self, tasks: &[Task]) -> Result<Vec<Created>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.keys;
+        let mut invocation = self.create.prepare_invoke();
+        invocation
+            .key(&keys.schedule)
+            .key(&keys.records)
+            .arg(self.idempotency_ttl.as_secs().max(1));
+        let ids: Vec<String> = tasks.iter().map(|task| task.id.to_string()).collect();
+        for (task, id) in tasks.iter().zip(&ids) {
+            if let Some(key) = &task.idempotency_key {
+                invocation.key(format!("{}{key}", keys.idempotency));
+            }
+            invocation.arg(id).arg(task.due_at).arg(encode(task)?).arg(
+                if task.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                },
+            );
+        }
+        let standing_for: Vec<String> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(ids
+            .iter()
+            .zip(standing_for)
+            .map(|(id, answer)| match answer.parse::<TaskId>() {
+                Ok(existing) if answer != *id => Created::Existing(existing),
+                _ => Created::New,
+            })
+            .collect())
+    }
+
+    async fn find(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let keys = &self.keys;
+        let id = id.to_string();
+        let (record, leased, dead): (Option<Vec<u8>>, Option<f64>, Option<f64>) = redis::pipe()
             .atomic()
-            .hset(&self.keys.records, &id, encode(task)?)
-            .ignore()
-            .zadd(&self.keys.schedule, &id, task.due_at)
-            .ignore()
-            .query_async::<()>(&mut self.connection.clone())
+            .hget(&keys.records, &id)
+            .zscore(&keys.leases, &id)
+            .zscore(&keys.dead, &id)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let placement = match (leased, dead) {
+            (Some(_), _) => Placement::InFlight,
+            (None, Some(_)) => Placement::Dead,
+            (None, None) => Placement::Scheduled,
+        };
+        Ok(Some(StoredTask {
+            task: decode(&record)?,
+            placement,
+        }))
+    }
+
+    async fn list(
+        &self,
+        placement: Placement,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredTask>, u64), StoreError> {
+        let key = match placement {
+            Placement::Scheduled => &self.keys.schedule,
+            Placement::InFlight => &self.keys.leases,
+            Placement::Dead => &self.keys.dead,
+        };
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX)) - 1;
+        let (ids, total): (Vec<String>, u64) = redis::pipe()
+            .zrange(key, start, stop)
+            .zcard(key)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok((self.records(ids, placement).await?, total))
+    }
+
+    async fn cancel(&self, id: TaskId) -> Result<Cancelled, StoreError> {
+        let keys = &self.keys;
+        let answer: String = self
+            .cancel
+            .key(&keys.schedule)
+            .key(&keys.leases)
+            .key(&keys.records)
+            .key(&keys.dead)
+            .arg(id.to_string())
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(match answer.as_str() {
+            "removed" => Cancelled::Removed,
+            "in_flight" => Cancelled::InFlight,
+            _ => Cancelled::NotFound,
+        })
+    }
+
+    async fn revive(&self, tasks: &[(Task, Placement)]) -> Result<Vec<bool>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.keys;
+        let mut invocation = self.revive.prepare_invoke();
+        invocation
+            .key(&keys.schedule)
+            .key(&keys.leases)
+            .key(&keys.records)
+            .key(&keys.dead);
+        for (task, found) in tasks {
+            invocation
+                .arg(task.id.to_string())
+                .arg(task.due_at)
+                .arg(encode(task)?)
+                .arg(if *found == Placement::Dead {
+                    "dead"
+                } else {
+                    "scheduled"
+                });
+        }
+        let revived: Vec<i64> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(revived.into_iter().map(|r| r == 1).collect())
+    }
+
+    async fn expire_dead(&self, before: Millis, limit: usize) -> Result<u64, StoreError> {
+        self.expire
+            .key(&self.keys.dead)
+            .key(&self.keys.records)
+            .arg(before)
+            .arg(limit)
+            .invoke_async(&mut self.connection.clone())
             .await
             .map_err(store_error)
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let keys = &self.keys;
+        let (scheduled, in_flight, dead) = redis::pipe()
+            .zcard(&keys.schedule)
+            .zcard(&keys.leases)
+            .zcard(&keys.dead)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(Counts {
+            scheduled,
+            in_flight,
+            dead,
+        })
     }
 
     async fn claim_due(

@@ -1,5 +1,6 @@
 //! Delivery, retries and dead-lettering through the HTTP API, read back from Kafka.
 
+use kafka_retry::domain::TaskStore;
 use std::time::{Duration, Instant};
 
 use kafka_retry::domain::{TaskId, TaskState};
@@ -142,6 +143,6 @@ async fn an_exhausted_task_without_dead_destination_stays_visible_as_dead() {
     .await;
     assert_eq!(task.attempts, 1);
     assert!(task.last_error.is_some_and(|e| !e.is_empty()));
-    assert_eq!(store.counts().await.expect("counts"), (0, 0, 1));
+    assert_eq!(store.counts().await.expect("counts").as_tuple(), (0, 0, 1));
     app.stop().await;
 }

@@ -162,6 +162,7 @@ pub(crate) fn store(redis: &str, prefix: &str) -> RedisStore {
         db: 0,
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_secs(2),
+        idempotency_ttl: Duration::from_secs(3600),
     })
     .expect("store")
 }

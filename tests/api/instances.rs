@@ -34,7 +34,7 @@ async fn two_instances_deliver_each_of_a_thousand_tasks_exactly_once() {
     eventually(
         Duration::from_secs(60),
         "every task to be delivered",
-        || async { (store.counts().await.expect("counts") == (0, 0, 0)).then_some(()) },
+        || async { (store.counts().await.expect("counts").as_tuple() == (0, 0, 0)).then_some(()) },
     )
     .await;
     let records = consume(

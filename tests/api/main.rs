@@ -5,5 +5,6 @@ mod helpers;
 mod instances;
 mod kafka_publisher;
 mod limits;
+mod operations;
 mod process;
 mod redis_store;

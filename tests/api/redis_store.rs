@@ -68,7 +68,7 @@ async fn a_claim_takes_only_due_tasks_in_due_order_and_leases_them() {
     assert_eq!(ids, [early.id, later.id]);
     assert_eq!(claim.tasks[0], early, "the record round-trips");
     assert_eq!(claim.next_due, Some(60_000));
-    assert_eq!(store.counts().await.expect("counts"), (1, 2, 0));
+    assert_eq!(store.counts().await.expect("counts").as_tuple(), (1, 2, 0));
 
     let again = store.claim_due(31_999, 10, 61_999).await.expect("claim");
     assert!(again.tasks.is_empty(), "leased tasks are not claimed twice");
@@ -110,7 +110,7 @@ async fn a_lease_that_runs_out_is_claimed_again_and_the_stale_claim_cannot_settl
         .await
         .expect("settle");
     assert!(store.record(t.id).await.expect("redis").is_none());
-    assert_eq!(store.counts().await.expect("counts"), (0, 0, 0));
+    assert_eq!(store.counts().await.expect("counts").as_tuple(), (0, 0, 0));
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn settling_reschedules_buries_and_forgets_in_one_step() {
         Outcome::Done(c.id),
     ];
     store.settle(31_000, &outcomes).await.expect("settle");
-    assert_eq!(store.counts().await.expect("counts"), (1, 0, 1));
+    assert_eq!(store.counts().await.expect("counts").as_tuple(), (1, 0, 1));
     assert_eq!(store.record(a.id).await.expect("redis"), Some(retried));
     assert_eq!(store.record(b.id).await.expect("redis"), Some(dead));
     assert_eq!(store.record(c.id).await.expect("redis"), None);
@@ -161,6 +161,6 @@ async fn an_unreadable_record_is_moved_to_dead_not_dropped() {
         .expect("hset");
     let claim = store.claim_due(1_000, 10, 31_000).await.expect("claim");
     assert!(claim.tasks.is_empty());
-    assert_eq!(store.counts().await.expect("counts"), (0, 0, 1));
+    assert_eq!(store.counts().await.expect("counts").as_tuple(), (0, 0, 1));
     store.clear().await.expect("clear");
 }
