@@ -8,9 +8,10 @@
 
 FROM rust:1-bookworm AS builder
 
-# rdkafka builds librdkafka from source: it needs a C toolchain, make and zlib.
+# rdkafka builds librdkafka from source: it needs a C toolchain, make, zlib and OpenSSL (for
+# Kafka TLS/SASL; the Redis client's TLS uses OpenSSL too).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
@@ -32,9 +33,9 @@ RUN touch src/main.rs src/lib.rs \
 
 FROM debian:bookworm-slim
 
-# zlib1g is already in the base image; it is listed because the binary links it.
+# zlib1g and libssl3 are what the binary links besides libc; ca-certificates verifies TLS peers.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 kafka-retry \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -164,3 +164,62 @@ async fn an_unreadable_record_is_moved_to_dead_not_dropped() {
     assert_eq!(store.counts().await.expect("counts").as_tuple(), (0, 0, 1));
     store.clear().await.expect("clear");
 }
+
+#[tokio::test]
+async fn the_store_talks_to_redis_over_tls_with_a_rediss_url() {
+    let dir = std::env::temp_dir().join(unique("redis-tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = crate::helpers::free_port();
+    let mut server = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--tls-auth-clients", "no", "--save", ""])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let store = store(
+        &format!("rediss://127.0.0.1:{port}/#insecure"),
+        &unique("tls"),
+    );
+    let task = task(0, 1);
+    let mut stored = None;
+    for _ in 0..100 {
+        if store.create(&task).await.is_ok() {
+            stored = store.record(task.id).await.ok().flatten();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(stored, Some(task));
+}
