@@ -128,6 +128,8 @@ fn connections_beyond_the_limit_are_closed_at_once() {
             ("HTTP_HEADER_TIMEOUT", "30s"),
         ],
     );
+    // The start-up probe's connection must be gone before counting.
+    std::thread::sleep(Duration::from_secs(1));
     let mut held: Vec<TcpStream> = (0..80)
         .map(|_| TcpStream::connect(service.address).expect("connect"))
         .collect();
