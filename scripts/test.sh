@@ -28,3 +28,4 @@ step cargo fmt --check
 step cargo clippy --all-targets -- -D warnings
 step cargo test "$@"
 step scripts/schemathesis.sh
+step scripts/ui-test.sh

@@ -17,6 +17,10 @@ use crate::redis_store::{RedisSettings, RedisStore};
 use crate::worker::WorkerSettings;
 use crate::{http, worker};
 
+/// How long producers get, after the worker stopped, to deliver anything still queued. Every
+/// publish the worker started has been answered or withdrawn by then, so this is a safety net.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The service as it runs in production: Redis store, Kafka publisher, system clock.
 pub type Service = TaskService<RedisStore, KafkaPublisher>;
 
@@ -110,6 +114,7 @@ impl App {
             service.clone(),
             WorkerSettings {
                 poll_interval: config.poll_interval,
+                concurrency: config.worker_concurrency,
                 grace: config.shutdown_grace,
                 dead_task_retention: config.dead_task_retention,
             },
@@ -127,7 +132,7 @@ impl App {
         if tokio::time::timeout(grace * 2, other).await.is_err() {
             warn!("the rest did not stop within twice the grace period");
         }
-        service.publisher().flush(grace).await;
+        service.publisher().flush(FLUSH_TIMEOUT).await;
         info!("shutdown complete");
         Ok(())
     }

@@ -91,6 +91,9 @@ pub struct Config {
     /// `WORKER_BATCH_SIZE`: how many due tasks one worker step claims at most.
     #[serde(default = "defaults::worker_batch_size")]
     pub worker_batch_size: usize,
+    /// `WORKER_CONCURRENCY`: how many claimed batches may be delivering at once.
+    #[serde(default = "defaults::worker_concurrency")]
+    pub worker_concurrency: usize,
     /// `KAFKA_ALLOWED_BROKERS`: hosts or `host:port`s tasks may name, comma-separated; `*` for any.
     /// Unset: the hosts of `KAFKA_BROKERS`.
     #[serde(default)]
@@ -211,6 +214,11 @@ impl Config {
                 "API_TOKEN must be at least 16 characters".into(),
             ));
         }
+        if !(1..=64).contains(&self.worker_concurrency) {
+            return Err(ConfigError(
+                "WORKER_CONCURRENCY must be from 1 to 64".into(),
+            ));
+        }
         if self.http_max_connections == 0 {
             return Err(ConfigError(
                 "HTTP_MAX_CONNECTIONS must be at least 1".into(),
@@ -281,6 +289,7 @@ impl Config {
             "REDIS_TIMEOUT",
             "REDIS_KEY_PREFIX",
             "WORKER_BATCH_SIZE",
+            "WORKER_CONCURRENCY",
             "KAFKA_ALLOWED_BROKERS",
             "API_TOKEN",
             "HTTP_REQUEST_TIMEOUT",
@@ -343,6 +352,9 @@ mod defaults {
     }
     pub(super) fn worker_batch_size() -> usize {
         1000
+    }
+    pub(super) fn worker_concurrency() -> usize {
+        4
     }
     pub(super) fn http_request_timeout() -> Duration {
         Duration::from_secs(10)

@@ -7,8 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use tracing::{info, warn};
 
@@ -78,9 +79,9 @@ impl KafkaPublisher {
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
             );
-        config
-            .create()
-            .map_err(|e| PublishError(format!("cannot create a producer for {brokers}: {e}")))
+        config.create().map_err(|e| {
+            PublishError::Rejected(format!("cannot create a producer for {brokers}: {e}"))
+        })
     }
 
     fn read_producers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FutureProducer>> {
@@ -111,6 +112,12 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
+    fn withdraw_unsent(&self) {
+        for producer in self.read_producers().values() {
+            producer.purge(PurgeConfig::default().queue().non_blocking());
+        }
+    }
+
     async fn publish(
         &self,
         destination: &Destination,
@@ -137,6 +144,9 @@ impl Publisher for KafkaPublisher {
             .send(record, Timeout::After(self.settings.message_timeout))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| PublishError(e.to_string()))
+            .map_err(|(e, _)| match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::PurgeQueue) => PublishError::Withdrawn,
+                _ => PublishError::Rejected(e.to_string()),
+            })
     }
 }

@@ -191,13 +191,17 @@ impl TaskStore for MemoryStore {
         placement: Placement,
         offset: u64,
         limit: usize,
+        newest_first: bool,
     ) -> Result<(Vec<StoredTask>, u64), StoreError> {
         let tables = self.tables()?;
-        let ids: Vec<TaskId> = match placement {
+        let mut ids: Vec<TaskId> = match placement {
             Placement::Scheduled => tables.schedule.iter().map(|(_, id)| *id).collect(),
             Placement::InFlight => tables.leases.keys().copied().collect(),
             Placement::Dead => tables.dead.iter().map(|(_, id)| *id).collect(),
         };
+        if newest_first {
+            ids.reverse();
+        }
         let page = ids
             .iter()
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
@@ -279,6 +283,8 @@ pub(crate) struct FakePublisher {
     headers: Mutex<Vec<Vec<(String, String)>>>,
     failing: Mutex<HashSet<String>>,
     hanging: Mutex<HashSet<String>>,
+    withdrawn: tokio::sync::Notify,
+    stuck_after_send: Mutex<HashSet<String>>,
 }
 
 impl FakePublisher {
@@ -287,7 +293,15 @@ impl FakePublisher {
         self.failing.lock().expect("lock").insert(topic.to_owned());
     }
 
-    /// Every publish to `topic` never resolves.
+    /// Every publish to `topic` is "sent" and never answered, even when withdrawn.
+    pub(crate) fn stick_topic(&self, topic: &str) {
+        self.stuck_after_send
+            .lock()
+            .expect("lock")
+            .insert(topic.to_owned());
+    }
+
+    /// Every publish to `topic` waits, unsent, until withdrawn.
     pub(crate) fn hang_topic(&self, topic: &str) {
         self.hanging.lock().expect("lock").insert(topic.to_owned());
     }
@@ -304,17 +318,25 @@ impl FakePublisher {
 }
 
 impl Publisher for FakePublisher {
+    fn withdraw_unsent(&self) {
+        self.withdrawn.notify_waiters();
+    }
+
     async fn publish(
         &self,
         destination: &Destination,
         message: &Message<'_>,
     ) -> Result<(), PublishError> {
         let topic = destination.topic.as_str().to_owned();
-        if self.hanging.lock().expect("lock").contains(&topic) {
+        if self.stuck_after_send.lock().expect("lock").contains(&topic) {
             std::future::pending::<()>().await;
         }
+        if self.hanging.lock().expect("lock").contains(&topic) {
+            self.withdrawn.notified().await;
+            return Err(PublishError::Withdrawn);
+        }
         if self.failing.lock().expect("lock").contains(&topic) {
-            return Err(PublishError(format!("{topic} is failing")));
+            return Err(PublishError::Rejected(format!("{topic} is failing")));
         }
         self.published.lock().expect("lock").push((
             topic,

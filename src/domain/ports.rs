@@ -10,10 +10,16 @@ use super::task::{Destination, Message, Millis, Task, TaskId};
 #[error("task store unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// A publish was not acknowledged by Kafka; the message says why.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct PublishError(pub String);
+/// A publish that was not acknowledged by Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Kafka (or the client) refused or gave up on it; the message says why. The attempt counts.
+    #[error("{0}")]
+    Rejected(String),
+    /// It was withdrawn before it was sent, on shutdown. The attempt does not count.
+    #[error("withdrawn before it was sent")]
+    Withdrawn,
+}
 
 /// Tasks claimed for delivery, and when the next unclaimed one falls due.
 #[derive(Debug, Clone, Default)]
@@ -132,12 +138,14 @@ pub trait TaskStore: Send + Sync + 'static {
         id: TaskId,
     ) -> impl Future<Output = Result<Option<StoredTask>, StoreError>> + Send;
 
-    /// A page of the tasks at `placement`, in due (or death) order, and how many there are.
+    /// A page of the tasks at `placement`, in due (or death) order, oldest first unless
+    /// `newest_first`, and how many there are.
     fn list(
         &self,
         placement: Placement,
         offset: u64,
         limit: usize,
+        newest_first: bool,
     ) -> impl Future<Output = Result<(Vec<StoredTask>, u64), StoreError>> + Send;
 
     /// Removes a task unless a worker is publishing it.
@@ -189,6 +197,10 @@ pub trait Publisher: Send + Sync + 'static {
         destination: &Destination,
         message: &Message<'_>,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Withdraws every message not yet sent to Kafka; their publishes resolve with
+    /// [`PublishError::Withdrawn`]. Messages already sent are left to be answered.
+    fn withdraw_unsent(&self);
 }
 
 /// The current time. A trait so that tests can control it.

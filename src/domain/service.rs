@@ -10,8 +10,8 @@ use tracing::{error, info, warn};
 
 use super::brokers::BrokerAllowlist;
 use super::ports::{
-    Cancelled, Claim, Clock, Counts, Created, Outcome, Placement, Publisher, StoreError,
-    StoredTask, TaskStore,
+    Cancelled, Claim, Clock, Counts, Created, Outcome, Placement, PublishError, Publisher,
+    StoreError, StoredTask, TaskStore,
 };
 use super::task::{
     AfterFailure, Destination, Millis, NewTask, Task, TaskId, TaskState, ValidationError,
@@ -43,12 +43,15 @@ pub enum CreateError {
     Unavailable(#[from] StoreError),
 }
 
+/// How long publishes already sent to Kafka get to be answered once a step gives up.
+const WITHDRAW_DRAIN: Duration = Duration::from_secs(2);
+
 /// What one worker step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Step {
     /// How many tasks it claimed.
     pub claimed: usize,
-    /// How many of those it handed back unfinished (only when told to give up).
+    /// How many of those it handed back unchanged (only when told to give up).
     pub released: usize,
     /// When the earliest task left in the schedule falls due.
     pub next_due: Option<Millis>,
@@ -219,14 +222,15 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
         self.bounded(self.store.find(id)).await
     }
 
-    /// A page of tasks at `placement`, and how many there are.
+    /// A page of tasks at `placement`, oldest first unless `newest_first`, and how many there are.
     pub async fn list(
         &self,
         placement: Placement,
         offset: u64,
         limit: usize,
+        newest_first: bool,
     ) -> Result<(Vec<StoredTask>, u64), StoreError> {
-        self.bounded(self.store.list(placement, offset, limit))
+        self.bounded(self.store.list(placement, offset, limit, newest_first))
             .await
     }
 
@@ -260,7 +264,7 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
     /// Puts up to `limit` dead tasks, oldest first, back in the schedule with a fresh budget;
     /// returns how many.
     pub async fn retry_dead(&self, limit: usize) -> Result<u64, StoreError> {
-        let (dead, _) = self.list(Placement::Dead, 0, limit).await?;
+        let (dead, _) = self.list(Placement::Dead, 0, limit, false).await?;
         self.revive(dead).await
     }
 
@@ -331,19 +335,43 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
     }
 
     /// One worker step: claims a batch of due tasks, publishes them all concurrently, and records
-    /// every outcome in one write. When `give_up` resolves, publishes still in flight are
-    /// abandoned and their tasks handed back to the schedule unchanged.
+    /// every outcome in one write. See [`deliver`](Self::deliver) for `give_up`.
     pub async fn deliver_due(&self, give_up: impl Future<Output = ()>) -> Result<Step, StoreError> {
+        let claim = self.claim().await?;
+        self.deliver(claim, give_up).await
+    }
+
+    /// Claims up to a batch of due tasks (and tasks whose lease ran out), leased to this claim.
+    pub async fn claim(&self) -> Result<Claim, StoreError> {
         let now = self.clock.now();
         let lease_until = now.saturating_add(millis(self.settings.lease));
-        let Claim {
-            tasks, next_due, ..
-        } = self
+        let claim = self
             .bounded(
                 self.store
                     .claim_due(now, self.settings.batch_size, lease_until),
             )
             .await?;
+        for task in &claim.tasks {
+            let late = now.saturating_sub(task.due_at).max(0);
+            metrics::histogram!(metric::LATENESS).record(late as f64 / 1000.0);
+        }
+        Ok(claim)
+    }
+
+    /// Publishes a claim's tasks concurrently and records every outcome in one write. When
+    /// `give_up` resolves, messages not yet sent to Kafka are withdrawn, publishes already sent
+    /// get a short while to be answered, and every task still unfinished goes back to the
+    /// schedule unchanged: its attempt does not count.
+    pub async fn deliver(
+        &self,
+        claim: Claim,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<Step, StoreError> {
+        let Claim {
+            tasks,
+            lease_until,
+            next_due,
+        } = claim;
         let mut step = Step {
             claimed: tasks.len(),
             released: 0,
@@ -352,11 +380,6 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
         if tasks.is_empty() {
             return Ok(step);
         }
-
-        for task in &tasks {
-            let late = now.saturating_sub(task.due_at).max(0);
-            metrics::histogram!(metric::LATENESS).record(late as f64 / 1000.0);
-        }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; tasks.len()];
         {
             let mut in_flight: FuturesUnordered<_> = tasks
@@ -364,26 +387,44 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
                 .enumerate()
                 .map(|(i, task)| async move { (i, self.attempt(task).await) })
                 .collect();
-            let give_up = std::pin::pin!(give_up);
-            let mut give_up = give_up;
-            loop {
+            let mut give_up = std::pin::pin!(give_up);
+            let finished = loop {
                 tokio::select! {
                     done = in_flight.next() => match done {
                         Some((i, outcome)) => outcomes[i] = Some(outcome),
-                        None => break,
+                        None => break true,
                     },
-                    () = &mut give_up => break,
+                    () = &mut give_up => break false,
+                }
+            };
+            if !finished {
+                self.publisher.withdraw_unsent();
+                let drain = tokio::time::sleep(WITHDRAW_DRAIN);
+                tokio::pin!(drain);
+                loop {
+                    tokio::select! {
+                        done = in_flight.next() => match done {
+                            Some((i, outcome)) => outcomes[i] = Some(outcome),
+                            None => break,
+                        },
+                        () = &mut drain => break,
+                    }
                 }
             }
         }
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .zip(tasks)
-            .map(|(outcome, task)| {
-                outcome.unwrap_or_else(|| {
+            .map(|(outcome, task)| match outcome {
+                Some(Outcome::Reschedule(unchanged)) if unchanged == task => {
                     step.released += 1;
                     Outcome::Reschedule(task)
-                })
+                }
+                Some(outcome) => outcome,
+                None => {
+                    step.released += 1;
+                    Outcome::Reschedule(task)
+                }
             })
             .collect();
         if step.released > 0 {
@@ -430,9 +471,10 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
                     );
                     return Outcome::Done(current.id);
                 }
-                Err(error) => {
+                Err(PublishError::Withdrawn) => return Outcome::Reschedule(current.clone()),
+                Err(PublishError::Rejected(error)) => {
                     metrics::counter!(metric::FAILED).increment(1);
-                    error.0
+                    error
                 }
             };
             warn!(
@@ -686,6 +728,20 @@ mod tests {
         assert_eq!(step.released, 1);
         assert_eq!(service.store().scheduled(), [(10_000, task.id)]);
         assert_eq!(service.store().record(task.id).map(|t| t.attempts), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_sent_but_never_answered_is_handed_back_after_a_short_drain() {
+        let (service, clock) = service();
+        service.publisher().stick_topic("orders");
+        let task = create(&service, new_task(3, None)).await;
+        clock.set(10_000);
+        let step = service
+            .deliver_due(std::future::ready(()))
+            .await
+            .expect("step");
+        assert_eq!(step.released, 1);
+        assert_eq!(service.store().scheduled(), [(10_000, task.id)]);
     }
 
     #[tokio::test]

@@ -39,8 +39,11 @@ pub enum ApiError {
     /// The request took longer than the configured timeout.
     #[error("request timed out")]
     RequestTimeout,
-    /// The task store is unreachable; the cause is logged, not returned.
+    /// The task store is unreachable while scheduling; the cause is logged, not returned.
     #[error("failed to schedule task")]
+    ScheduleFailed(#[source] StoreError),
+    /// The task store is unreachable; the cause is logged, not returned.
+    #[error("task store unavailable")]
     StoreUnavailable(#[source] StoreError),
 }
 
@@ -55,7 +58,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable(_) | Self::ScheduleFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -76,14 +79,14 @@ impl From<CreateError> for ApiError {
     fn from(e: CreateError) -> Self {
         match e {
             CreateError::Rejected(e) => e.into(),
-            CreateError::Unavailable(e) => e.into(),
+            CreateError::Unavailable(e) => Self::ScheduleFailed(e),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::StoreUnavailable(cause) = &self {
+        if let Self::StoreUnavailable(cause) | Self::ScheduleFailed(cause) = &self {
             error!(error = %cause, "request failed: task store unavailable");
         }
         let mut response =

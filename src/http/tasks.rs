@@ -88,7 +88,8 @@ pub(super) async fn create_batch<S: TaskStore, P: Publisher>(
     let results: Vec<serde_json::Value> = state
         .service
         .create_many(submissions)
-        .await?
+        .await
+        .map_err(ApiError::ScheduleFailed)?
         .into_iter()
         .map(|result| match result {
             Ok(submitted) => {
@@ -138,11 +139,12 @@ pub(super) struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    order: Option<String>,
     include: Option<String>,
 }
 
-/// `GET /tasks?state=scheduled|in_flight|dead&limit=&cursor=`: a page of tasks, in due order (dead
-/// tasks in order of death), with the cursor of the next page.
+/// `GET /tasks?state=scheduled|in_flight|dead&limit=&cursor=&order=oldest|newest`: a page of
+/// tasks in due order (dead tasks in order of death), with the cursor of the next page.
 pub(super) async fn list<S: TaskStore, P: Publisher>(
     State(state): State<AppState<S, P>>,
     Query(query): Query<ListQuery>,
@@ -169,7 +171,19 @@ pub(super) async fn list<S: TaskStore, P: Publisher>(
             .parse()
             .map_err(|_| ApiError::BadRequest("cursor is not one this API gave out".into()))?,
     };
-    let (tasks, total) = state.service.list(placement, offset, limit).await?;
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "order must be oldest or newest".into(),
+            ));
+        }
+    };
+    let (tasks, total) = state
+        .service
+        .list(placement, offset, limit, newest_first)
+        .await?;
     let with_payload = Include {
         include: query.include,
     }

@@ -246,6 +246,7 @@ impl TaskStore for RedisStore {
         placement: Placement,
         offset: u64,
         limit: usize,
+        newest_first: bool,
     ) -> Result<(Vec<StoredTask>, u64), StoreError> {
         let key = match placement {
             Placement::Scheduled => &self.keys.schedule,
@@ -254,8 +255,13 @@ impl TaskStore for RedisStore {
         };
         let start = isize::try_from(offset).unwrap_or(isize::MAX);
         let stop = start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX)) - 1;
-        let (ids, total): (Vec<String>, u64) = redis::pipe()
-            .zrange(key, start, stop)
+        let mut pipe = redis::pipe();
+        if newest_first {
+            pipe.zrevrange(key, start, stop);
+        } else {
+            pipe.zrange(key, start, stop);
+        }
+        let (ids, total): (Vec<String>, u64) = pipe
             .zcard(key)
             .query_async(&mut self.connection.clone())
             .await

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use kafka_retry::domain::{Destination, Message, Publisher, Topic};
+use kafka_retry::domain::{Destination, Message, PublishError, Publisher, Topic};
 use kafka_retry::kafka_publisher::{KafkaPublisher, KafkaSettings};
 
 use crate::helpers::{consume, create_topic, free_port, kafka_addr};
@@ -72,7 +72,7 @@ async fn a_partition_that_does_not_exist_fails_the_publish() {
         .publish(&destination(&topic, 5, &kafka_addr()), &message(b"x"))
         .await
         .expect_err("no such partition");
-    assert!(!error.0.is_empty());
+    assert!(matches!(error, PublishError::Rejected(reason) if !reason.is_empty()));
 }
 
 #[tokio::test]
@@ -88,5 +88,30 @@ async fn an_unreachable_cluster_fails_within_the_message_timeout_not_minutes() {
         "took {:?}",
         start.elapsed()
     );
-    assert!(!error.0.is_empty());
+    assert!(matches!(error, PublishError::Rejected(reason) if !reason.is_empty()));
+}
+
+#[tokio::test]
+async fn unsent_messages_are_withdrawn_on_request_and_say_so() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let publisher = KafkaPublisher::new(KafkaSettings {
+        message_timeout: Duration::from_secs(30),
+        linger: Duration::from_millis(5),
+        extra: Vec::new(),
+    });
+    let target = destination("anything", 0, &nowhere);
+    let record = message(b"x");
+    let publish = publisher.publish(&target, &record);
+    let withdraw = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        publisher.withdraw_unsent();
+    };
+    let start = Instant::now();
+    let (result, ()) = tokio::join!(publish, withdraw);
+    assert_eq!(result, Err(PublishError::Withdrawn));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
 }
