@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check and test of kafka-retry: rustfmt, clippy (warnings are errors) and
-# `cargo test` (unit, integration and doc tests) against a real Redis and a real Kafka broker.
+# Runs every check and test of kafka-retry: rustfmt, clippy (warnings are errors), `cargo test`
+# (unit, handler and integration tests against a real Redis and a real Kafka broker), the fault
+# suite in its short form (docs/RELIABILITY.md), schemathesis against openapi.yaml, and the
+# dashboard's end-to-end test in headless Chromium.
 # scripts/services.sh starts them first if they are not running yet; they are left running
 # afterwards (stop them with `scripts/services.sh down`).
 #
@@ -25,7 +27,8 @@ step() {
 }
 
 step cargo fmt --check
-step cargo clippy --all-targets -- -D warnings
+step cargo clippy --all-targets --features fault-suite -- -D warnings
 step cargo test "$@"
+step env FAULT_SUITE=short cargo test --features fault-suite --test fault_suite -- --test-threads=1
 step scripts/schemathesis.sh
 step scripts/ui-test.sh
