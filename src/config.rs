@@ -118,6 +118,10 @@ pub struct Config {
     /// in `kafka_retry_dead_tasks_expired_total`). Unset: kept until an operator removes them.
     #[serde(default, with = "humantime_serde")]
     pub dead_task_retention: Option<Duration>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: when set, spans are exported there over OTLP/HTTP
+    /// (`<endpoint>/v1/traces`); unset, nothing is exported.
+    #[serde(default)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
     /// `KAFKA_PRODUCER_*`: librdkafka properties for every producer, such as
     /// `KAFKA_PRODUCER_SECURITY_PROTOCOL=SASL_SSL` for `security.protocol`. Values are never printed.
     #[serde(skip)]
@@ -297,6 +301,7 @@ impl Config {
             "HTTP_MAX_CONNECTIONS",
             "IDEMPOTENCY_TTL",
             "DEAD_TASK_RETENTION",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
         ]
     }
 }

@@ -11,7 +11,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::domain::{Destination, Message, PublishError, Publisher};
 
@@ -119,6 +119,27 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn publish(
+        &self,
+        destination: &Destination,
+        message: &Message<'_>,
+    ) -> Result<(), PublishError> {
+        let span = tracing::info_span!(
+            "kafka.publish",
+            topic = %destination.topic,
+            partition = destination.partition
+        );
+        let traceparent = message
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "traceparent")
+            .map(|(_, value)| value.as_str());
+        crate::telemetry::continue_trace(&span, traceparent);
+        self.send(destination, message).instrument(span).await
+    }
+}
+
+impl KafkaPublisher {
+    async fn send(
         &self,
         destination: &Destination,
         message: &Message<'_>,

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config);
+    let telemetry = telemetry::init(&config);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let app = match App::build(config).await {
@@ -28,13 +28,17 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run(shutdown).await {
+    let code = match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = format!("{e:#}"), "stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .unwrap_or_default();
+    code
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

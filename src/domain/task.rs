@@ -92,6 +92,10 @@ impl FromStr for TaskId {
     type Err = ulid::DecodeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // A ULID's first character carries 3 bits; a larger one would be silently truncated.
+        if s.len() == ulid::ULID_LEN && s.as_bytes().first().is_some_and(|c| *c > b'7') {
+            return Err(ulid::DecodeError::InvalidChar);
+        }
         Ulid::from_string(s).map(Self)
     }
 }
@@ -1003,6 +1007,11 @@ mod tests {
         let id = TaskId::generate();
         assert_eq!(id.to_string().parse::<TaskId>().ok(), Some(id));
         assert!("not-a-ulid".parse::<TaskId>().is_err());
+        let overflowing = format!("8{}", &id.to_string()[1..]);
+        assert!(
+            overflowing.parse::<TaskId>().is_err(),
+            "{overflowing} would alias another id"
+        );
     }
 
     fn with_backoff(strategy: &str, jitter: bool, max: Option<i64>) -> Task {

@@ -95,6 +95,7 @@ pub fn router<S: TaskStore, P: Publisher>(
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             deadline(timeout, request, next)
         }))
+        .layer(middleware::from_fn(errors_as_json))
         .layer(middleware::from_fn(count_request))
         .layer(TraceLayer::new_for_http())
         .with_state(AppState {
@@ -132,6 +133,31 @@ async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
     tokio::time::timeout(timeout, next.run(request))
         .await
         .unwrap_or_else(|_| ApiError::RequestTimeout.into_response())
+}
+
+/// Turns the plain-text errors of axum's own extractors (a malformed query string, an undecodable
+/// path) into the API's JSON errors, so that every error a client sees has the same shape.
+async fn errors_as_json(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// Records the request in the HTTP metrics.
@@ -714,6 +740,36 @@ mod tests {
                     .is_some_and(|e| e.contains("1 to 1000"))
             );
         }
+    }
+
+    #[tokio::test]
+    async fn malformed_queries_and_paths_are_json_400s_too() {
+        for path in [
+            "/tasks?limit=abc",
+            "/tasks?state=dead&state=dead",
+            "/tasks/%FF",
+        ] {
+            let (router, _) = app();
+            let (status, headers, body) = send(router, get(path)).await;
+            assert!(status.is_client_error(), "{path}: {status}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{path}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_must_be_an_object() {
+        let (router, service) = app();
+        let body = json!([[valid_body()]]);
+        let request = Request::post("/tasks/batch")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        assert_eq!(send(router, request).await.0, StatusCode::BAD_REQUEST);
+        assert!(service.store().scheduled().is_empty());
     }
 
     #[tokio::test]

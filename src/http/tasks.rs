@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::{ApiError, AppState};
 use crate::domain::{
@@ -31,13 +32,21 @@ pub(super) async fn create<S: TaskStore, P: Publisher>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = json_body(&headers, body, state.body_limit)?;
-    let idempotency_key = header_text(&headers, "idempotency-key");
-    let new = NewTask::try_from(parse_task_request(&body)?)?
-        .with_idempotency_key(idempotency_key)?
-        .with_traceparent(header_text(&headers, "traceparent").as_deref());
-    let submitted = state.service.create(new).await?;
-    Ok(submission_response(&submitted))
+    let traceparent = header_text(&headers, "traceparent");
+    let span = tracing::info_span!("task.submit", task_id = tracing::field::Empty);
+    crate::telemetry::continue_trace(&span, traceparent.as_deref());
+    async {
+        let body = json_body(&headers, body, state.body_limit)?;
+        let idempotency_key = header_text(&headers, "idempotency-key");
+        let new = NewTask::try_from(parse_task_request(&body)?)?
+            .with_idempotency_key(idempotency_key)?
+            .with_traceparent(traceparent.as_deref());
+        let submitted = state.service.create(new).await?;
+        tracing::Span::current().record("task_id", submitted.task_id().to_string());
+        Ok(submission_response(&submitted))
+    }
+    .instrument(span)
+    .await
 }
 
 fn submission_response(submitted: &Submitted) -> (StatusCode, Json<serde_json::Value>) {
@@ -65,6 +74,11 @@ pub(super) async fn create_batch<S: TaskStore, P: Publisher>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = json_body(&headers, body, state.body_limit)?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "body must be {\"tasks\": [...]}, a JSON object".into(),
+        ));
+    }
     let batch: BatchRequest<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("body must be {{\"tasks\": [...]}}: {e}")))?;
     if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {

@@ -8,3 +8,4 @@ mod limits;
 mod operations;
 mod process;
 mod redis_store;
+mod tracing;
