@@ -4,21 +4,9 @@
 # source). Safe to repeat; installs nothing that is already there.
 set -euo pipefail
 
-log() { printf '[build-deps] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "root rights needed to run: $*"
-  fi
-}
+LOG_TAG=build-deps
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Rust toolchain: cargo comes from rustup; add rustfmt/clippy if they are missing.
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
@@ -43,8 +31,4 @@ for pkg in gcc g++ make cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev; do
     missing+=("$pkg")
   fi
 done
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "installing ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-fi
+apt_install "${missing[@]}"

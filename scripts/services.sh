@@ -70,33 +70,9 @@ STOP_GRACE=30
 # voters are gone (no quorum left to acknowledge it), so they are killed after this grace.
 CLUSTER_STOP_GRACE=15
 
-log() { printf '[services] %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-# ---------------------------------------------------------------------------------------------
-# Installing what is missing
-# ---------------------------------------------------------------------------------------------
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
-  else
-    die "root rights needed to run: $*"
-  fi
-}
-
-apt_install() {
-  [ "$#" -gt 0 ] || return 0
-  command -v apt-get >/dev/null 2>&1 || die "missing packages ($*) and no apt-get to install them"
-  log "installing $* with apt-get"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
-}
+LOG_TAG=services
+# shellcheck source=scripts/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
 # The jars count as present when the broker jar is there, unless the pom they were downloaded
 # with (kept next to libs/) differs from scripts/kafka/pom.xml.

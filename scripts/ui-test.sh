@@ -30,22 +30,12 @@ UI_TOPIC=${UI_TOPIC:-kafka-retry-ui-test}
 BROKER=127.0.0.1:$KAFKA_PORT
 
 started_at=$(date +%s)
+# shellcheck source=scripts/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 log() { printf "==> [%3ss] %s\n" "$(($(date +%s) - started_at))" "$*" >&2; }
 die() { printf 'ui-test: %s\n' "$*" >&2; exit 1; }
 
 # ---------- tools ----------
-SUDO=
-if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-apt_updated=0
-apt_install() {
-  if [ "$apt_updated" = 0 ]; then
-    log "apt-get update"
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  log "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
 
 [ -x "$CHROMIUM" ] || apt_install chromium
 command -v curl >/dev/null || apt_install curl
