@@ -185,12 +185,25 @@ where
 
 /// Creates a fresh topic with `partitions` partitions on the test broker.
 pub(crate) async fn create_topic(partitions: i32) -> String {
+    create_topic_on(&kafka_addr(), partitions, 1, &[]).await
+}
+
+/// Creates a fresh topic on the cluster at `bootstrap`, with topic-level `config`.
+pub(crate) async fn create_topic_on(
+    bootstrap: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) -> String {
     let name = unique("topic");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_addr())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
-    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(replication));
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
     let results = admin
         .create_topics(
             [&topic],

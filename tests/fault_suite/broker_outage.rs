@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::brokers::{PrivateBroker, create_topic};
+use crate::brokers::PrivateBroker;
+use crate::helpers::create_topic_on;
 use crate::helpers::{RedisServer, ServiceProcess, store, unique};
 use crate::ledger::{Ledger, TopicRef, create_all, destination, now, tally, task};
 use crate::report;
@@ -42,8 +43,8 @@ async fn a_broker_outage_delays_delivery_but_loses_and_dead_letters_nothing() {
     let redis = RedisServer::start();
     let mut broker = blocking(|| PrivateBroker::start(redis.port));
     let bootstrap = broker.bootstrap();
-    let topic = create_topic(&bootstrap, 2, 1, &[]).await;
-    let dead_topic = create_topic(&bootstrap, 1, 1, &[]).await;
+    let topic = create_topic_on(&bootstrap, 2, 1, &[]).await;
+    let dead_topic = create_topic_on(&bootstrap, 1, 1, &[]).await;
     let prefix = unique("fault-broker");
     let store = store(&redis.addr(), &prefix);
     let view = RedisView::new(&redis.addr(), &store);

@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,35 +15,6 @@ use tokio::task::JoinHandle;
 use crate::helpers::{free_port, signal, unique};
 
 const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-
-/// Creates a fresh topic on the cluster at `bootstrap`, with topic-level `config`.
-pub(crate) async fn create_topic(
-    bootstrap: &str,
-    partitions: i32,
-    replication: i32,
-    config: &[(&str, &str)],
-) -> String {
-    let name = unique("fault");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(replication));
-    for (key, value) in config {
-        topic = topic.set(key, value);
-    }
-    let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics answered");
-    for result in results {
-        result.expect("topic created");
-    }
-    name
-}
 
 fn consumer(bootstrap: &str) -> BaseConsumer {
     ClientConfig::new()

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use kafka_retry::domain::TaskState;
 
-use crate::brokers::{Gate, create_topic};
+use crate::brokers::Gate;
+use crate::helpers::create_topic_on;
 use crate::helpers::{ServiceProcess, kafka_addr, redis_addr, store, unique};
 use crate::ledger::{TopicRef, create_all, destination, now, tally, task};
 use crate::report;
@@ -56,8 +57,8 @@ async fn an_unreachable_dead_letter_cluster_keeps_exhausted_tasks_visible_and_re
     let redis = redis_addr();
     let store = store(&redis, &prefix);
     let view = RedisView::new(&redis, &store);
-    let topic = create_topic(&kafka_addr(), 1, 1, &[]).await;
-    let dead_topic = create_topic(&kafka_addr(), 1, 1, &[]).await;
+    let topic = create_topic_on(&kafka_addr(), 1, 1, &[]).await;
+    let dead_topic = create_topic_on(&kafka_addr(), 1, 1, &[]).await;
     let mut gate = Gate::closed();
     // Partition 7 of a one-partition topic: the broker is there, every attempt still fails.
     let to = destination(&kafka_addr(), &topic, 7);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::brokers::create_topic;
+use crate::helpers::create_topic_on;
 use crate::helpers::{ServiceProcess, kafka_addr, redis_addr, store, unique};
 use crate::ledger::{TopicRef, body, destination, post_all, tally};
 use crate::report;
@@ -20,7 +20,7 @@ async fn instances_publish_each_task_once(instances: usize, scenario: &str) {
     let redis = redis_addr();
     let store = store(&redis, &prefix);
     let view = RedisView::new(&redis, &store);
-    let topic = create_topic(&kafka_addr(), 3, 1, &[]).await;
+    let topic = create_topic_on(&kafka_addr(), 3, 1, &[]).await;
     // Small batches: more claims, so more chances for two instances to race for the same tasks.
     let env = service_env(&[("WORKER_BATCH_SIZE", "50")]);
     let services: Vec<ServiceProcess> = (0..instances)

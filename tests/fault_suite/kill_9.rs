@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::brokers::create_topic;
+use crate::helpers::create_topic_on;
 use crate::helpers::{ServiceProcess, kafka_addr, redis_addr, store, unique};
 use crate::ledger::{TopicRef, create_all, destination, now, tally, task};
 use crate::report;
@@ -31,7 +31,7 @@ async fn kill_9_loses_no_task_and_duplicates_only_tasks_in_flight_at_a_kill() {
     let redis = redis_addr();
     let store = store(&redis, &prefix);
     let view = RedisView::new(&redis, &store);
-    let topic = create_topic(&kafka_addr(), 4, 1, &[]).await;
+    let topic = create_topic_on(&kafka_addr(), 4, 1, &[]).await;
     let to = |i: usize| {
         destination(
             &kafka_addr(),

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::brokers::{Cluster, create_topic, partition_leader};
+use crate::brokers::{Cluster, partition_leader};
+use crate::helpers::create_topic_on;
 use crate::helpers::{ServiceProcess, redis_addr, store, unique};
 use crate::ledger::{TopicRef, create_all, destination, now, tally, task};
 use crate::report;
@@ -22,7 +23,7 @@ async fn killing_the_partition_leader_loses_and_duplicates_nothing() {
 
     let cluster = blocking(Cluster::up);
     let bootstrap = cluster.bootstrap();
-    let topic = create_topic(&bootstrap, 1, 3, &[("min.insync.replicas", "2")]).await;
+    let topic = create_topic_on(&bootstrap, 1, 3, &[("min.insync.replicas", "2")]).await;
     let prefix = unique("fault-leader");
     let redis = redis_addr();
     let store = store(&redis, &prefix);

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::brokers::create_topic;
+use crate::helpers::create_topic_on;
 use crate::helpers::{RedisServer, ServiceProcess, kafka_addr, post_task, store, unique};
 use crate::ledger::{TopicRef, body, destination, post_all, tally};
 use crate::report;
@@ -32,7 +32,7 @@ async fn a_service_started_without_redis_recovers_when_redis_comes_up() {
     let prefix = unique("fault-start");
     let store = store(&redis.addr(), &prefix);
     let view = RedisView::new(&redis.addr(), &store);
-    let topic = create_topic(&kafka_addr(), 1, 1, &[]).await;
+    let topic = create_topic_on(&kafka_addr(), 1, 1, &[]).await;
     let to = destination(&kafka_addr(), &topic, 0);
     let env = service_env(&[("REDIS_TIMEOUT", "1s")]);
     let mut service = blocking(|| ServiceProcess::start(&redis.addr(), &prefix, &env));

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::brokers::create_topic;
+use crate::helpers::create_topic_on;
 use crate::helpers::{RedisServer, ServiceProcess, kafka_addr, signal, store, unique};
 use crate::ledger::{TopicRef, body, destination, post_all, tally};
 use crate::report;
@@ -47,7 +47,7 @@ async fn redis_stopped_or_killed_under_load_loses_no_accepted_task() {
     let prefix = unique("fault-redis");
     let store = store(&redis.addr(), &prefix);
     let view = RedisView::new(&redis.addr(), &store);
-    let topic = create_topic(&kafka_addr(), 2, 1, &[]).await;
+    let topic = create_topic_on(&kafka_addr(), 2, 1, &[]).await;
     let env = service_env(&[
         ("WORKER_BATCH_SIZE", "100"),
         // Longer than an outage: outcomes recorded late are still this instance's to record.

@@ -11,7 +11,8 @@
 use kafka_retry::domain::TaskStore;
 use std::time::{Duration, Instant};
 
-use crate::brokers::{Gate, create_topic};
+use crate::brokers::Gate;
+use crate::helpers::create_topic_on;
 use crate::helpers::{ServiceProcess, kafka_addr, redis_addr, signal, store, unique};
 use crate::ledger::{TopicRef, create_all, destination, now, tally, task};
 use crate::report;
@@ -31,7 +32,7 @@ async fn sigterm_with_hanging_publishes(broker_returns: bool, scenario: &str) {
     let redis = redis_addr();
     let store = store(&redis, &prefix);
     let view = RedisView::new(&redis, &store);
-    let topic = create_topic(&kafka_addr(), 1, 1, &[]).await;
+    let topic = create_topic_on(&kafka_addr(), 1, 1, &[]).await;
     // Every other task goes through a gate to the broker, closed for now.
     let mut gate = Gate::closed();
     let due = now() - 1_000;
