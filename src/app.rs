@@ -48,6 +48,9 @@ impl App {
             linger: config.kafka_linger,
             extra: config.kafka_producer.0.clone(),
         });
+        if let Err(e) = publisher.prepare(&config.kafka_brokers) {
+            warn!(error = %e, "no producer for KAFKA_BROKERS yet; one is made on first publish");
+        }
         let allowed_brokers = match &config.kafka_allowed_brokers {
             Some(list) => BrokerAllowlist::parse(list),
             None => BrokerAllowlist::hosts_of(&config.kafka_brokers),

@@ -43,6 +43,13 @@ impl KafkaPublisher {
         }
     }
 
+    /// Makes the producer for `brokers` now rather than on the first publish, so that its
+    /// connections and its idempotent producer id (which librdkafka fetches on a 500 ms timer)
+    /// are ready before the first task falls due.
+    pub fn prepare(&self, brokers: &str) -> Result<(), PublishError> {
+        self.producer(brokers).map(|_| ())
+    }
+
     /// The producer for `brokers`, made on first use.
     fn producer(&self, brokers: &str) -> Result<FutureProducer, PublishError> {
         if let Some(producer) = self.read_producers().get(brokers) {

@@ -9,6 +9,11 @@ use kafka_retry::telemetry;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+/// mimalloc: glibc's allocator took a fifth of the service's CPU under load (malloc, free and
+/// chunk consolidation for every request and record), mimalloc much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::from_env() {

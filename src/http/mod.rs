@@ -93,10 +93,8 @@ pub fn router<S: TaskStore, P: Publisher>(
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            deadline(timeout, request, next)
+            edge(timeout, request, next)
         }))
-        .layer(middleware::from_fn(errors_as_json))
-        .layer(middleware::from_fn(count_request))
         .layer(TraceLayer::new_for_http())
         .with_state(AppState {
             service,
@@ -128,17 +126,30 @@ async fn authorize(
     Ok(next.run(request).await)
 }
 
-/// Answers 408 when a request, body upload included, takes longer than `timeout`.
-async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
-    tokio::time::timeout(timeout, next.run(request))
+/// Every request passes here once: a deadline (408 once `timeout` passes, body upload included),
+/// JSON for every error, and the HTTP metrics.
+async fn edge(timeout: Duration, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = Instant::now();
+    let response = tokio::time::timeout(timeout, next.run(request))
         .await
-        .unwrap_or_else(|_| ApiError::RequestTimeout.into_response())
+        .unwrap_or_else(|_| ApiError::RequestTimeout.into_response());
+    let response = errors_as_json(response).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    response
 }
 
 /// Turns the plain-text errors of axum's own extractors (a malformed query string, an undecodable
 /// path) into the API's JSON errors, so that every error a client sees has the same shape.
-async fn errors_as_json(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+async fn errors_as_json(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -158,23 +169,6 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
         text
     };
     (status, Json(json!({ "error": message }))).into_response()
-}
-
-/// Records the request in the HTTP metrics.
-async fn count_request(request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(HTTP_DURATION, "method" => method.clone(), "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    response
 }
 
 async fn health<S: TaskStore, P: Publisher>(
