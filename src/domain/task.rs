@@ -562,20 +562,22 @@ pub struct Task {
     /// Where delivery attempts publish.
     pub destination: Destination,
     /// Where the payload goes once every attempt has failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_destination: Option<Destination>,
     /// How many delivery attempts it may make.
     pub max_retries: u32,
     /// The base delay in seconds.
     pub retry_delay_seconds: u32,
     /// Delivery attempts made so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// Dead-letter publishes attempted so far.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub dead_letter_attempts: u32,
     /// Where it stands.
     pub state: TaskState,
     /// Why the last attempt failed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: Millis,
@@ -596,6 +598,11 @@ pub struct Task {
     /// The client's idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// Leaves zero counters out of stored records: every byte counts a million times over.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One Kafka record to publish.
