@@ -14,7 +14,10 @@
 //! Claiming and settling are Lua scripts (beside this file), loaded once and run by hash, so each
 //! is one atomic round trip for a whole batch.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, IntoConnectionInfo, Script};
@@ -70,13 +73,123 @@ impl Keys {
 pub struct RedisStore {
     connection: ConnectionManager,
     keys: Keys,
-    idempotency_ttl: Duration,
     claim: Script,
     settle: Script,
-    create: Script,
     cancel: Script,
     revive: Script,
     expire: Script,
+    writer: Writer,
+    submissions: Arc<OnceLock<mpsc::UnboundedSender<Submission>>>,
+}
+
+/// Submissions of this many tasks or more go to Redis on their own; smaller ones that arrive
+/// together share one script call.
+const COALESCE_UP_TO: usize = 256;
+
+/// A new task, encoded for `create.lua` by the request that submitted it.
+struct NewRecord {
+    id: String,
+    due_at: Millis,
+    record: Vec<u8>,
+    idempotency_key: Option<String>,
+}
+
+impl NewRecord {
+    fn encode(task: &Task) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: task.id.to_string(),
+            due_at: task.due_at,
+            record: encode(task)?,
+            idempotency_key: task.idempotency_key.clone(),
+        })
+    }
+}
+
+/// New tasks waiting to be written, and where to send the answer.
+struct Submission {
+    records: Vec<NewRecord>,
+    reply: oneshot::Sender<Result<Vec<Created>, StoreError>>,
+}
+
+/// Writes new tasks with `create.lua`. Concurrent submissions are coalesced: while one script
+/// call is under way the next ones queue, and go together in the following call, so that under
+/// load Redis runs one script (and the service makes one round trip) for many tasks.
+#[derive(Clone)]
+struct Writer {
+    connection: ConnectionManager,
+    keys: Keys,
+    idempotency_ttl: Duration,
+    create: Script,
+}
+
+impl Writer {
+    fn spawn(self) -> mpsc::UnboundedSender<Submission> {
+        let (submissions, mut queue) = mpsc::unbounded_channel::<Submission>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut count = first.records.len();
+                let mut batch = vec![first];
+                while count < COALESCE_UP_TO {
+                    let Ok(next) = queue.try_recv() else { break };
+                    count += next.records.len();
+                    batch.push(next);
+                }
+                let records: Vec<&NewRecord> =
+                    batch.iter().flat_map(|s| s.records.iter()).collect();
+                let written = self.write_all(&records).await;
+                let mut answers = written.map(Vec::into_iter);
+                for submission in batch {
+                    let answer = match &mut answers {
+                        Ok(created) => {
+                            Ok(created.by_ref().take(submission.records.len()).collect())
+                        }
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = submission.reply.send(answer);
+                }
+            }
+        });
+        submissions
+    }
+
+    async fn write(&self, records: &[NewRecord]) -> Result<Vec<Created>, StoreError> {
+        self.write_all(&records.iter().collect::<Vec<_>>()).await
+    }
+
+    async fn write_all(&self, records: &[&NewRecord]) -> Result<Vec<Created>, StoreError> {
+        let keys = &self.keys;
+        let mut invocation = self.create.prepare_invoke();
+        invocation
+            .key(&keys.schedule)
+            .key(&keys.records)
+            .arg(self.idempotency_ttl.as_secs().max(1));
+        for record in records {
+            if let Some(key) = &record.idempotency_key {
+                invocation.key(format!("{}{key}", keys.idempotency));
+            }
+            invocation
+                .arg(&record.id)
+                .arg(record.due_at)
+                .arg(&record.record)
+                .arg(if record.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                });
+        }
+        let standing_for: Vec<String> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(records
+            .iter()
+            .zip(standing_for)
+            .map(|(record, answer)| match answer.parse::<TaskId>() {
+                Ok(existing) if answer != record.id => Created::Existing(existing),
+                _ => Created::New,
+            })
+            .collect())
+    }
 }
 
 impl RedisStore {
@@ -105,12 +218,17 @@ impl RedisStore {
         let connection =
             ConnectionManager::new_lazy_with_config(client, config).map_err(store_error)?;
         Ok(Self {
-            connection,
+            connection: connection.clone(),
+            writer: Writer {
+                connection,
+                keys: Keys::new(&settings.key_prefix),
+                idempotency_ttl: settings.idempotency_ttl,
+                create: Script::new(include_str!("create.lua")),
+            },
+            submissions: Arc::default(),
             keys: Keys::new(&settings.key_prefix),
-            idempotency_ttl: settings.idempotency_ttl,
             claim: Script::new(include_str!("claim.lua")),
             settle: Script::new(include_str!("settle.lua")),
-            create: Script::new(include_str!("create.lua")),
             cancel: Script::new(include_str!("cancel.lua")),
             revive: Script::new(include_str!("revive.lua")),
             expire: Script::new(include_str!("expire.lua")),
@@ -183,37 +301,23 @@ impl TaskStore for RedisStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = &self.keys;
-        let mut invocation = self.create.prepare_invoke();
-        invocation
-            .key(&keys.schedule)
-            .key(&keys.records)
-            .arg(self.idempotency_ttl.as_secs().max(1));
-        let ids: Vec<String> = tasks.iter().map(|task| task.id.to_string()).collect();
-        for (task, id) in tasks.iter().zip(&ids) {
-            if let Some(key) = &task.idempotency_key {
-                invocation.key(format!("{}{key}", keys.idempotency));
-            }
-            invocation.arg(id).arg(task.due_at).arg(encode(task)?).arg(
-                if task.idempotency_key.is_some() {
-                    "1"
-                } else {
-                    "0"
-                },
-            );
-        }
-        let standing_for: Vec<String> = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(store_error)?;
-        Ok(ids
+        let records = tasks
             .iter()
-            .zip(standing_for)
-            .map(|(id, answer)| match answer.parse::<TaskId>() {
-                Ok(existing) if answer != *id => Created::Existing(existing),
-                _ => Created::New,
-            })
-            .collect())
+            .map(NewRecord::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        if records.len() >= COALESCE_UP_TO {
+            return self.writer.write(&records).await;
+        }
+        let submissions = self
+            .submissions
+            .get_or_init(|| Writer::spawn(self.writer.clone()));
+        let (reply, answer) = oneshot::channel();
+        submissions
+            .send(Submission { records, reply })
+            .map_err(|_| StoreError("the task writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError("the task writer has stopped".into()))?
     }
 
     async fn find(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kafka_retry::domain::{
-    DestinationRequest, NewTask, Outcome, Task, TaskId, TaskRequest, TaskStore,
+    Created, DestinationRequest, NewTask, Outcome, Task, TaskId, TaskRequest, TaskStore,
 };
 use redis::AsyncCommands;
 
@@ -222,4 +222,36 @@ async fn the_store_talks_to_redis_over_tls_with_a_rediss_url() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(stored, Some(task));
+}
+
+#[tokio::test]
+async fn concurrent_submissions_share_script_calls_and_each_gets_its_own_answer() {
+    let store = store(&redis_addr(), &unique("coalesce"));
+    let tasks: Vec<Task> = (0..500).map(|_| task(0, 1)).collect();
+    let created = futures::future::join_all(tasks.iter().map(|t| store.create(t))).await;
+    assert!(created.iter().all(|c| matches!(c, Ok(Created::New))));
+    assert_eq!(store.counts().await.expect("counts").scheduled, 500);
+
+    let keyed: Vec<Task> = (0..20)
+        .map(|_| {
+            let mut t = task(0, 1);
+            t.idempotency_key = Some("same-key".into());
+            t
+        })
+        .collect();
+    let answers = futures::future::join_all(keyed.iter().map(|t| store.create(t))).await;
+    let answers: Vec<Created> = answers.into_iter().map(|a| a.expect("stored")).collect();
+    let new: Vec<usize> = (0..answers.len())
+        .filter(|i| answers[*i] == Created::New)
+        .collect();
+    assert_eq!(new.len(), 1, "one submission wins the key");
+    let winner = keyed[new[0]].id;
+    assert!(
+        answers
+            .iter()
+            .all(|a| *a == Created::New || *a == Created::Existing(winner)),
+        "every other submission is answered with the winner's id"
+    );
+    assert_eq!(store.counts().await.expect("counts").scheduled, 501);
+    store.clear().await.expect("clear");
 }
