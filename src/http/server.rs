@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// The largest request head (request line and headers) accepted, in bytes.
+/// The largest request head (request line and headers) accepted, in bytes (hyper's read
+/// buffer must be at least 8 KiB).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Limits on connections.
@@ -44,7 +45,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .max_buf_size(MAX_HEADER_BYTES)
         .max_header_size(MAX_HEADER_BYTES);
     loop {
         let accepted = tokio::select! {

@@ -142,9 +142,7 @@ pub(super) async fn find<S: TaskStore, P: Publisher>(
         .find(id)
         .await?
         .ok_or(ApiError::TaskNotFound)?;
-    let view = serde_json::to_value(TaskView::new(&stored, include.payload()))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(Json(view))
+    Ok(Json(TaskView::new(&stored, include.payload())).into_response())
 }
 
 /// The query of `GET /tasks`.
