@@ -523,10 +523,6 @@ impl Backoff {
             max_delay_seconds,
         })
     }
-
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 fn bounded(field: &str, value: Option<i64>, max: i64) -> Result<u32, ValidationError> {
@@ -553,7 +549,8 @@ pub enum TaskState {
 }
 
 /// A task as the service keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Deserialize` reads the JSON records of earlier versions of the Redis store.)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Task {
     /// Its identifier.
     pub id: TaskId,
@@ -562,47 +559,42 @@ pub struct Task {
     /// Where delivery attempts publish.
     pub destination: Destination,
     /// Where the payload goes once every attempt has failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub dead_destination: Option<Destination>,
     /// How many delivery attempts it may make.
     pub max_retries: u32,
     /// The base delay in seconds.
     pub retry_delay_seconds: u32,
     /// Delivery attempts made so far.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub attempts: u32,
     /// Dead-letter publishes attempted so far.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub dead_letter_attempts: u32,
     /// Where it stands.
     pub state: TaskState,
     /// Why the last attempt failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: Millis,
     /// When its next attempt is due (for a dead task: when it died).
     pub due_at: Millis,
     /// How delays grow.
-    #[serde(default, skip_serializing_if = "Backoff::is_default")]
+    #[serde(default)]
     pub backoff: Backoff,
     /// The record key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub key: Option<String>,
     /// The client's record headers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub headers: Vec<(String, String)>,
     /// The W3C trace context it was submitted under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub traceparent: Option<String>,
     /// The client's idempotency key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub idempotency_key: Option<String>,
-}
-
-/// Leaves zero counters out of stored records: every byte counts a million times over.
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// One Kafka record to publish.

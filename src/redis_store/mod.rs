@@ -7,12 +7,14 @@
 //! |---|---|---|
 //! | `kafkaretry:tasks` | sorted set | the schedule: task id, scored by due time (ms) |
 //! | `{kafkaretry:tasks}:leases` | sorted set | claimed tasks, scored by lease end (ms) |
-//! | `{kafkaretry:tasks}:records` | hash | task id to the task's JSON record |
+//! | `{kafkaretry:tasks}:records` | hash | task id to the task's record (compact binary, see [`record`]) |
 //! | `{kafkaretry:tasks}:dead` | sorted set | dead tasks, scored by time of death (ms) |
 //! | `{kafkaretry:tasks}:idempotency:<key>` | string | the task id an idempotency key stands for (expires) |
 //!
 //! Claiming and settling are Lua scripts (beside this file), loaded once and run by hash, so each
 //! is one atomic round trip for a whole batch.
+
+mod record;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -99,7 +101,7 @@ impl NewRecord {
         Ok(Self {
             id: task.id.to_string(),
             due_at: task.due_at,
-            record: encode(task)?,
+            record: record::encode(task)?,
             idempotency_key: task.idempotency_key.clone(),
         })
     }
@@ -270,12 +272,12 @@ impl RedisStore {
             .query_async(&mut self.connection.clone())
             .await
             .map_err(store_error)?;
-        records
-            .into_iter()
-            .flatten()
-            .map(|raw| {
+        ids.iter()
+            .zip(records)
+            .filter_map(|(id, raw)| Some((id, raw?)))
+            .map(|(id, raw)| {
                 Ok(StoredTask {
-                    task: decode(&raw)?,
+                    task: record::decode(id, &raw)?,
                     placement,
                 })
             })
@@ -340,7 +342,7 @@ impl TaskStore for RedisStore {
             (None, None) => Placement::Scheduled,
         };
         Ok(Some(StoredTask {
-            task: decode(&record)?,
+            task: record::decode(&id, &record)?,
             placement,
         }))
     }
@@ -407,7 +409,7 @@ impl TaskStore for RedisStore {
             invocation
                 .arg(task.id.to_string())
                 .arg(task.due_at)
-                .arg(encode(task)?)
+                .arg(record::encode(task)?)
                 .arg(if *found == Placement::Dead {
                     "dead"
                 } else {
@@ -468,7 +470,7 @@ impl TaskStore for RedisStore {
             .map_err(store_error)?;
         let mut tasks = Vec::with_capacity(ids.len());
         for (id, record) in ids.iter().zip(records) {
-            match record.as_deref().map(decode) {
+            match record.as_deref().map(|raw| record::decode(id, raw)) {
                 Some(Ok(task)) => tasks.push(task),
                 Some(Err(e)) => {
                     error!(task_id = %id, error = %e, "unreadable task record; moved to dead");
@@ -508,12 +510,12 @@ impl TaskStore for RedisStore {
                     .arg("R")
                     .arg(task.id.to_string())
                     .arg(task.due_at)
-                    .arg(encode(task)?),
+                    .arg(record::encode(task)?),
                 Outcome::Bury(task) => invocation
                     .arg("B")
                     .arg(task.id.to_string())
                     .arg(task.due_at)
-                    .arg(encode(task)?),
+                    .arg(record::encode(task)?),
             };
         }
         invocation
@@ -528,14 +530,6 @@ impl TaskStore for RedisStore {
             .await
             .map_err(store_error)
     }
-}
-
-fn encode(task: &Task) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(task).map_err(|e| StoreError(format!("cannot encode task: {e}")))
-}
-
-fn decode(raw: &[u8]) -> Result<Task, StoreError> {
-    serde_json::from_slice(raw).map_err(|e| StoreError(format!("cannot decode task: {e}")))
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {

@@ -46,11 +46,44 @@ async fn the_schedule_is_the_go_services_sorted_set_scored_in_milliseconds() {
         .await
         .expect("zrange");
     assert_eq!(schedule, [(task.id.to_string(), 6_000)]);
-    let record: String = redis
+    let record: Vec<u8> = redis
         .hget(format!("{{{prefix}:tasks}}:records"), task.id.to_string())
         .await
         .expect("hget");
-    assert!(record.contains("\"payload\":\"payload\""));
+    assert_eq!(record[0], 1, "a version 1 record");
+    assert!(record.windows(7).any(|w| w == b"payload"));
+    store.clear().await.expect("clear");
+}
+
+#[tokio::test]
+async fn json_records_written_by_earlier_versions_are_delivered_and_rewritten_compactly() {
+    let prefix = unique("legacy");
+    let store = store(&redis_addr(), &prefix);
+    let mut redis = raw().await;
+    let id = "01KBKC5ZJ4XAYH2W5JDSK1EFS8";
+    let legacy = r#"{"id":"01KBKC5ZJ4XAYH2W5JDSK1EFS8","payload":"from before","destination":{"topic":"orders","partition":0,"kafka_conn_string":"localhost:9092"},"max_retries":3,"retry_delay_seconds":1,"state":"scheduled","created_at":1000,"due_at":1000}"#;
+    let records = format!("{{{prefix}:tasks}}:records");
+    let _: () = redis.hset(&records, id, legacy).await.expect("hset");
+    let _: () = redis
+        .zadd(format!("{prefix}:tasks"), id, 1_000)
+        .await
+        .expect("zadd");
+
+    let found = store.record(id.parse().expect("id")).await.expect("find");
+    assert_eq!(found.expect("found").payload, "from before");
+    let claim = store.claim_due(2_000, 10, 32_000).await.expect("claim");
+    assert_eq!(claim.tasks.len(), 1);
+    let mut task = claim.tasks[0].clone();
+    assert_eq!(task.id.to_string(), id);
+    task.attempts = 1;
+    task.due_at = 3_000;
+    store
+        .settle(32_000, &[Outcome::Reschedule(task.clone())])
+        .await
+        .expect("settle");
+    let rewritten: Vec<u8> = redis.hget(&records, id).await.expect("hget");
+    assert_eq!(rewritten[0], 1, "rewritten as a version 1 record");
+    assert_eq!(store.record(task.id).await.expect("find"), Some(task));
     store.clear().await.expect("clear");
 }
 

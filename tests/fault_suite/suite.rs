@@ -64,9 +64,9 @@ pub(crate) fn service_env<'a>(own: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a s
 /// The keys of one store, read directly (the store only exposes counts).
 pub(crate) struct RedisView {
     url: String,
+    store: RedisStore,
     schedule: String,
     leases: String,
-    records: String,
     dead: String,
 }
 
@@ -76,8 +76,8 @@ impl RedisView {
         let schedule = store.schedule_key().to_owned();
         Self {
             url: format!("redis://{addr}"),
+            store: store.clone(),
             leases: format!("{{{schedule}}}:leases"),
-            records: format!("{{{schedule}}}:records"),
             dead: format!("{{{schedule}}}:dead"),
             schedule,
         }
@@ -102,18 +102,11 @@ impl RedisView {
 
     /// The stored records of `ids`, in order; `None` where a task has none.
     pub(crate) async fn records(&self, ids: &[&str]) -> Vec<Option<Task>> {
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&self.records)
-            .arg(ids)
-            .query_async(&mut self.connection().await)
-            .await
-            .expect("records read");
-        raw.into_iter()
-            .map(|r| r.map(|r| serde_json::from_slice(&r).expect("a task record")))
-            .collect()
+        futures::future::join_all(ids.iter().map(|id| async move {
+            let id = id.parse().expect("a task id");
+            self.store.record(id).await.expect("records read")
+        }))
+        .await
     }
 
     /// The ids of the tasks leased right now.
