@@ -90,6 +90,8 @@ claims = sorted({r["figure"] for r in rows if r["figure"].startswith("claim_")},
 if claims:
     values = [(int(f.split("_")[1]), median(f, "per_second")) for f in claims]
     text = "; ".join(f"{p:,} pending: {fmt(v, '/s')}" for p, v in values)
+    forks = sum(r.get("redis_forks", 0) for f in claims for r in runs(f))
+    text += f"; Redis forked {forks} time(s) while measuring" if forks else ""
     known = [v for _, v in values if v]
     flat = (min(known) >= 0.8 * max(known)) if len(known) > 1 else None
     row(f"Claim cost: delivery rate of {runs(claims[0])[0]['count']:,} due tasks",

@@ -358,8 +358,35 @@ bench_http() {
 # Figures 3 and 5: delivery of tasks all due at once
 # ------------------------------------------------------------------------------------------------
 
+redis_info() { # redis_info SECTION FIELD: one field of INFO
+  redis-cli -p "$REDIS_PORT" info "$1" | tr -d '\r' | sed -n "s/^$2://p"
+}
+
+# Waits (up to 10 min) until Redis is not saving a snapshot or rewriting its AOF, so that no fork
+# started by earlier writes falls in the next measurement.
+persistence_wait() {
+  for _ in $(seq 1 3000); do
+    [ "$(redis_info persistence rdb_bgsave_in_progress)" = 0 ] &&
+      [ "$(redis_info persistence aof_rewrite_in_progress)" = 0 ] &&
+      [ "$(redis_info persistence aof_rewrite_scheduled)" = 0 ] && return 0
+    sleep 0.2
+  done
+  log "warning: Redis is still saving after 10 minutes"
+}
+
+# Rewrites the AOF after a large preload, as Redis would by itself once the file doubled: done
+# here, the fork falls before the measurement instead of inside it.
+aof_settle() {
+  [ "$(redis_info persistence aof_enabled)" = 1 ] || return 0
+  persistence_wait
+  redis-cli -p "$REDIS_PORT" bgrewriteaof >/dev/null
+  sleep 0.5
+  persistence_wait
+}
+
 # deliver FIGURE REP PREFIX COUNT: preloads COUNT due tasks under PREFIX (which may hold pending
-# ones), starts the service, and times until the topic's end offset reaches COUNT.
+# ones), starts the service, and times until the topic's end offset reaches COUNT. The result
+# counts the forks Redis made meanwhile (snapshots, AOF rewrites): each copies the data set.
 deliver() {
   local figure=$1 rep=$2 prefix=$3 count=$4
   local topic=$TAG-$figure-$rep ready=$OUT/ready-$figure-$rep watch=$OUT/watch-$figure-$rep.json
@@ -375,7 +402,9 @@ deliver() {
     kill -0 "$watcher" 2>/dev/null || die "bench_tool watch exited early"
     sleep 0.05
   done
-  local t0 hwm rss
+  local t0 hwm rss forks
+  persistence_wait
+  forks=$(redis_info stats total_forks)
   t0=$(now_ms)
   SVC_PID=""
   cpu_mark # the service's counters start from 0
@@ -387,14 +416,15 @@ deliver() {
   cpu=$(cpu_json)
   read -r hwm rss < <(svc_mem)
   svc_stop
-  python3 - "$figure" "$rep" "$count" "$t0" "$watch" "$preload" "$cpu" "$hwm" "$rss" >>"$RESULTS" <<'EOF'
+  forks=$(($(redis_info stats total_forks) - forks))
+  python3 - "$figure" "$rep" "$count" "$t0" "$watch" "$preload" "$cpu" "$hwm" "$rss" "$forks" >>"$RESULTS" <<'EOF'
 import json, sys
-figure, rep, count, t0, watch, preload, cpu, hwm, rss = sys.argv[1:]
+figure, rep, count, t0, watch, preload, cpu, hwm, rss, forks = sys.argv[1:]
 w = json.load(open(watch))
 count, t0 = int(count), int(t0)
 out = {"figure": figure, "rep": int(rep), "count": count, "delivered": w["count"],
        "reached": w["reached"], "preload": json.loads(preload), "cpu": json.loads(cpu),
-       "vmhwm_kb": int(hwm), "vmrss_kb": int(rss)}
+       "vmhwm_kb": int(hwm), "vmrss_kb": int(rss), "redis_forks": int(forks)}
 if w["reached"] and w["first_ts"]:
     span = max(w["reached_at"] - w["first_ts"], 1) / 1000
     out["per_second"] = round(count / span, 1)
@@ -427,6 +457,7 @@ bench_claim() {
       --payload-bytes "$PAYLOAD_BYTES" --due-at "$(($(now_ms) + FAR_FUTURE_MS))" \
       --concurrency 512 >"$OUT/preload-claim-$pending.json"
     log "  preloaded: $(cat "$OUT/preload-claim-$pending.json")"
+    aof_settle
     have=$pending
     for rep in $(seq 1 "$REPS"); do
       deliver "claim_$pending" "$rep" "$prefix" "$CLAIM_BATCH"

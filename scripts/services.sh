@@ -30,7 +30,8 @@
 #   SERVICES_TIMEOUT       seconds to wait for readiness before giving up [120]
 #
 # State folder layout (one folder per port, so instances on other ports can run side by side):
-#   redis-<port>/          data/ (appendonly yes, appendfsync everysec), redis.pid, redis.log
+#   redis-<port>/          data/ (appendonly yes, appendfsync everysec, no RDB snapshots),
+#                          redis.pid, redis.log
 #   kafka-<port>/          server.properties, cluster.id, data/, kafka.pid, kafka.log
 #   kafka-cluster-<base>/  cluster.id, node1/ node2/ node3/ (each laid out like kafka-<port>/)
 # Log dirs are formatted on first start only; later starts reuse the data.
@@ -202,7 +203,7 @@ redis_start() {
   log "starting Redis on 127.0.0.1:$REDIS_PORT"
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
     --dir "$REDIS_DIR/data" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
-    --appendonly yes --appendfsync everysec 9>&- </dev/null
+    --appendonly yes --appendfsync everysec --save '' 9>&- </dev/null
 }
 
 redis_wait() {
