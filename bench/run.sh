@@ -28,6 +28,9 @@
 #   BENCH_PARTITIONS       partitions of each delivery topic; tasks spread over them [1]
 #   BENCH_PAYLOAD_BYTES    payload size of every task [100]
 #   BENCH_KEEP_SERVICES    1: leave Redis and Kafka running even if this script started them [0]
+#   BENCH_CLAIM_PENDING    figure 5's schedule sizes [full: 10000 1000000 10000000; smoke: 10000]
+#   BENCH_CLAIM_BATCH      figure 5's due tasks per run [full 200000, smoke 20000]
+#   BENCH_REHASH_SETTLE    0: measure figure 5 while Redis still rehashes after the preload [1]
 #   BENCH_PROFILE          1: record `perf` profiles of the service and Redis during figures 1
 #                          and 3 (perf-http.data, perf-delivery.data in the results) [0]
 #   BENCH_SERVICE_ENV      extra VAR=value settings for the service, space-separated, for
@@ -66,8 +69,8 @@ if [ "$MODE" = full ]; then
   P99_SECONDS=15        # each open-loop run at 10,000/s
   DELIVERY_N=200000     # tasks all due at once
   LATENESS_SECONDS=15   # due times spread over this long
-  CLAIM_BATCH=100000    # due tasks delivered on top of the pending ones
-  CLAIM_PENDING="10000 1000000 10000000"
+  CLAIM_BATCH=${BENCH_CLAIM_BATCH:-200000} # due tasks delivered on top of the pending ones
+  CLAIM_PENDING=${BENCH_CLAIM_PENDING:-10000 1000000 10000000}
   MEMORY_PENDING=1000000
 else
   REPS=${BENCH_REPS:-1}
@@ -75,8 +78,8 @@ else
   P99_SECONDS=5
   DELIVERY_N=20000
   LATENESS_SECONDS=5
-  CLAIM_BATCH=20000
-  CLAIM_PENDING="10000"
+  CLAIM_BATCH=${BENCH_CLAIM_BATCH:-20000}
+  CLAIM_PENDING=${BENCH_CLAIM_PENDING:-10000}
   MEMORY_PENDING=100000
 fi
 P99_RATE=10000
@@ -384,16 +387,34 @@ aof_settle() {
   persistence_wait
 }
 
-# deliver FIGURE REP PREFIX COUNT: preloads COUNT due tasks under PREFIX (which may hold pending
-# ones), starts the service, and times until the topic's end offset reaches COUNT. The result
+# rehash_settle PREFIX COUNT: finishes the incremental rehash that a large preload leaves in the
+# dictionaries of the schedule and the records hash. Redis doubles a dictionary's table when it
+# fills and then moves one bucket per later command on that key, so right after growing to 10
+# million tasks every command pays for moving buckets and for looking in two tables, until about
+# as many commands as the key holds tasks have run. A service whose schedule has reached its size
+# has long paid that; without this step figure 5 measures the growth instead of the size. Cheap
+# lookups of a missing member (ZSCORE, HEXISTS) each move one bucket; 1.2 per task is enough.
+rehash_settle() {
+  local prefix=$1 count=$2 chunk=500000 n
+  [ "${BENCH_REHASH_SETTLE:-1}" = 1 ] || return 0
+  for n in $(seq 1 $(((count * 12 / 10 + chunk - 1) / chunk))); do
+    redis-cli -p "$REDIS_PORT" eval "for i = 1, tonumber(ARGV[1]) do
+        redis.call('ZSCORE', KEYS[1], '') redis.call('HEXISTS', KEYS[2], '') end" \
+      2 "$prefix:tasks" "{$prefix:tasks}:records" "$chunk" >/dev/null
+  done
+}
+
+# deliver FIGURE REP PREFIX COUNT [PENDING]: preloads COUNT due tasks under PREFIX (which holds
+# PENDING tasks due later, for figure 5; their dictionaries are then settled), starts the service, and times until the topic's end offset reaches COUNT. The result
 # counts the forks Redis made meanwhile (snapshots, AOF rewrites): each copies the data set.
 deliver() {
-  local figure=$1 rep=$2 prefix=$3 count=$4
+  local figure=$1 rep=$2 prefix=$3 count=$4 pending=${5:-}
   local topic=$TAG-$figure-$rep ready=$OUT/ready-$figure-$rep watch=$OUT/watch-$figure-$rep.json
   tool topic --name "$topic" --partitions "$PARTITIONS" >/dev/null
   local preload
   preload=$(tool preload --prefix "$prefix" --count "$count" --topic "$topic" \
     --partitions "$PARTITIONS" --payload-bytes "$PAYLOAD_BYTES" --due-at "$(($(now_ms) - 1000))")
+  [ -z "$pending" ] || rehash_settle "$prefix" "$((pending + count))"
   rm -f "$ready"
   tool watch --topic "$topic" --count "$count" --timeout 600 --ready "$ready" >"$watch" &
   local watcher=$!
@@ -460,7 +481,7 @@ bench_claim() {
     aof_settle
     have=$pending
     for rep in $(seq 1 "$REPS"); do
-      deliver "claim_$pending" "$rep" "$prefix" "$CLAIM_BATCH"
+      deliver "claim_$pending" "$rep" "$prefix" "$CLAIM_BATCH" "$pending"
     done
   done
   log "  clearing $have pending tasks"
