@@ -377,8 +377,9 @@ persistence_wait() {
   log "warning: Redis is still saving after 10 minutes"
 }
 
-# Rewrites the AOF after a large preload, as Redis would by itself once the file doubled: done
-# here, the fork falls before the measurement instead of inside it.
+# Rewrites the AOF before a figure 5 measurement, as Redis would by itself once the file doubled:
+# done here, the fork falls before the measurement instead of inside it. (With a small schedule,
+# one run's 200,000 tasks double the file, and the rewrite would land in the small sizes' runs.)
 aof_settle() {
   [ "$(redis_info persistence aof_enabled)" = 1 ] || return 0
   persistence_wait
@@ -405,8 +406,9 @@ rehash_settle() {
 }
 
 # deliver FIGURE REP PREFIX COUNT [PENDING]: preloads COUNT due tasks under PREFIX (which holds
-# PENDING tasks due later, for figure 5; their dictionaries are then settled), starts the service, and times until the topic's end offset reaches COUNT. The result
-# counts the forks Redis made meanwhile (snapshots, AOF rewrites): each copies the data set.
+# PENDING tasks due later, for figure 5; Redis's dictionaries and AOF are then settled), starts
+# the service, and times until the topic's end offset reaches COUNT. The result counts the forks
+# Redis made meanwhile (snapshots, AOF rewrites): each copies the data set.
 deliver() {
   local figure=$1 rep=$2 prefix=$3 count=$4 pending=${5:-}
   local topic=$TAG-$figure-$rep ready=$OUT/ready-$figure-$rep watch=$OUT/watch-$figure-$rep.json
@@ -414,7 +416,10 @@ deliver() {
   local preload
   preload=$(tool preload --prefix "$prefix" --count "$count" --topic "$topic" \
     --partitions "$PARTITIONS" --payload-bytes "$PAYLOAD_BYTES" --due-at "$(($(now_ms) - 1000))")
-  [ -z "$pending" ] || rehash_settle "$prefix" "$((pending + count))"
+  if [ -n "$pending" ]; then
+    rehash_settle "$prefix" "$((pending + count))"
+    aof_settle
+  fi
   rm -f "$ready"
   tool watch --topic "$topic" --count "$count" --timeout 600 --ready "$ready" >"$watch" &
   local watcher=$!
@@ -478,7 +483,6 @@ bench_claim() {
       --payload-bytes "$PAYLOAD_BYTES" --due-at "$(($(now_ms) + FAR_FUTURE_MS))" \
       --concurrency 512 >"$OUT/preload-claim-$pending.json"
     log "  preloaded: $(cat "$OUT/preload-claim-$pending.json")"
-    aof_settle
     have=$pending
     for rep in $(seq 1 "$REPS"); do
       deliver "claim_$pending" "$rep" "$prefix" "$CLAIM_BATCH" "$pending"
