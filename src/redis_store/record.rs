@@ -221,7 +221,10 @@ mod tests {
             max_delay_seconds: Some(600),
         };
         task.key = Some("customer-7".into());
-        task.headers = vec![("source".into(), "billing".into()), ("é".into(), "ü".into())];
+        task.headers = vec![
+            ("source".into(), "billing".into()),
+            ("é".into(), "ü".into()),
+        ];
         task.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         task.idempotency_key = Some("order-42-retry".into());
         task
