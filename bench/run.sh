@@ -129,13 +129,26 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------------------------
-# Tools: oha (crates.io, cached in ~/.cargo/bin), the service and bench_tool (cargo, release).
+# Tools: GNU time and python3 (apt-get, when missing), oha (crates.io, cached in ~/.cargo/bin),
+# the service and bench_tool (cargo, release).
 # ------------------------------------------------------------------------------------------------
 T_START=$(date +%s)
 export PATH=$HOME/.cargo/bin:$PATH
+OHA_VERSION=1.16.0
+missing=()
+[ -x /usr/bin/time ] || missing+=(time)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ "${#missing[@]}" -gt 0 ]; then
+  ( # in a subshell: scripts/lib.sh has its own log and die
+    export LOG_TAG=bench
+    # shellcheck source=scripts/lib.sh
+    . "$REPO/scripts/lib.sh"
+    apt_install "${missing[@]}"
+  )
+fi
 if ! command -v oha >/dev/null 2>&1; then
-  log "installing oha from crates.io (once; cached in ~/.cargo/bin)"
-  cargo install oha --locked >"$OUT/oha-install.log" 2>&1 || {
+  log "installing oha $OHA_VERSION from crates.io (once; cached in ~/.cargo/bin)"
+  cargo install oha --version "$OHA_VERSION" --locked >"$OUT/oha-install.log" 2>&1 || {
     tail -n 30 "$OUT/oha-install.log" >&2
     die "cargo install oha failed"
   }
@@ -396,9 +409,9 @@ aof_settle() {
 # has long paid that; without this step figure 5 measures the growth instead of the size. Cheap
 # lookups of a missing member (ZSCORE, HEXISTS) each move one bucket; 1.2 per task is enough.
 rehash_settle() {
-  local prefix=$1 count=$2 chunk=500000 n
+  local prefix=$1 count=$2 chunk=500000
   [ "${BENCH_REHASH_SETTLE:-1}" = 1 ] || return 0
-  for n in $(seq 1 $(((count * 12 / 10 + chunk - 1) / chunk))); do
+  for _ in $(seq 1 $(((count * 12 / 10 + chunk - 1) / chunk))); do
     redis-cli -p "$REDIS_PORT" eval "for i = 1, tonumber(ARGV[1]) do
         redis.call('ZSCORE', KEYS[1], '') redis.call('HEXISTS', KEYS[2], '') end" \
       2 "$prefix:tasks" "{$prefix:tasks}:records" "$chunk" >/dev/null
