@@ -1,7 +1,8 @@
 //! The delivery worker: claims due tasks and delivers them, with up to `WORKER_CONCURRENCY`
 //! claims in flight at once, so that one slow cluster does not hold up the next batch. It claims
 //! again at once while claims come back full, otherwise sleeps until the next task falls due or
-//! `POLL_INTERVAL` passes, whichever is sooner, and backs off for one interval on errors. With a
+//! `POLL_INTERVAL` passes, whichever is sooner, or until this instance stores a task due before
+//! that (the service's [`Alarm`](crate::domain::Alarm)), and backs off for one interval on errors. With a
 //! dead-task retention set, it also removes dead tasks past it, once a minute.
 
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub async fn run<S: TaskStore, P: Publisher>(
             () = shutdown.cancelled() => break,
         };
         let Ok(slot) = slot else { break };
+        service.alarm().awake();
         let pause = match service.claim().await {
             Ok(claim) if claim.tasks.is_empty() => {
                 until(&service, claim.next_due, settings.poll_interval)
@@ -87,9 +89,14 @@ pub async fn run<S: TaskStore, P: Publisher>(
             report(done);
         }
         if !pause.is_zero() {
+            let wake_at = service
+                .now()
+                .saturating_add(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX));
+            service.alarm().sleep_until(wake_at);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
+                () = service.alarm().rung() => {}
             }
         }
     }

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{error, info, warn};
 
+use super::alarm::Alarm;
 use super::brokers::BrokerAllowlist;
 use super::ports::{
     Cancelled, Claim, Clock, Counts, Created, Outcome, Placement, PublishError, Publisher,
@@ -115,6 +116,7 @@ pub struct TaskService<S, P> {
     publisher: P,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    alarm: Alarm,
 }
 
 impl<S: TaskStore, P: Publisher> TaskService<S, P> {
@@ -125,6 +127,7 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
             publisher,
             clock,
             settings,
+            alarm: Alarm::default(),
         }
     }
 
@@ -146,6 +149,11 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
     /// The publisher it delivers with.
     pub fn publisher(&self) -> &P {
         &self.publisher
+    }
+
+    /// Rung whenever a task is stored due before the worker's next look at the schedule.
+    pub fn alarm(&self) -> &Alarm {
+        &self.alarm
     }
 
     /// Stores a validated task and schedules its first attempt, once its brokers are known to be
@@ -190,6 +198,7 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
             .map(|(task, created)| match created {
                 Created::New => {
                     metrics::counter!(metric::CREATED).increment(1);
+                    self.alarm.stored(task.due_at);
                     info!(
                         task_id = %task.id,
                         attempt = 1,
@@ -284,6 +293,7 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
         for ((task, _), revived) in exhausted.iter().zip(revived) {
             if revived {
                 count += 1;
+                self.alarm.stored(task.due_at);
                 info!(
                     task_id = %task.id,
                     max_retries = task.max_retries,
@@ -511,7 +521,14 @@ impl<S: TaskStore, P: Publisher> TaskService<S, P> {
         let mut pause = Duration::from_millis(50);
         loop {
             match self.bounded(self.store.settle(lease_until, outcomes)).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    for outcome in outcomes {
+                        if let Outcome::Reschedule(task) = outcome {
+                            self.alarm.stored(task.due_at);
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(e) if self.clock.now() + millis(pause) < lease_until => {
                     warn!(error = %e, tasks = outcomes.len(), "recording outcomes failed; retrying");
                     tokio::time::sleep(pause).await;
@@ -815,6 +832,47 @@ mod tests {
             service.retry(task.id).await.expect("retry"),
             Retried::NotExhausted
         );
+    }
+
+    async fn rang(service: &Service) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), service.alarm().rung())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn storing_a_task_due_before_the_workers_next_look_rings_the_alarm() {
+        let (service, clock) = service();
+        service.alarm().sleep_until(5_000);
+        create(&service, new_task(3, None)).await; // due at 10,000: after the look
+        assert!(!rang(&service).await);
+        service.alarm().sleep_until(60_000);
+        create(&service, new_task(3, None)).await; // due at 10,000: before it
+        assert!(rang(&service).await);
+
+        // A failed attempt is rescheduled 20 s later, at 30,000.
+        service.publisher().fail_topic("orders");
+        service.alarm().sleep_until(60_000);
+        clock.set(10_000);
+        step(&service).await;
+        assert!(rang(&service).await);
+        // The next failure reschedules at 30,000 + 40,000, after a look at 50,000.
+        service.alarm().sleep_until(50_000);
+        clock.set(30_000);
+        step(&service).await;
+        assert!(!rang(&service).await);
+    }
+
+    #[tokio::test]
+    async fn a_retried_dead_task_rings_the_alarm() {
+        let (service, clock) = service();
+        let task = dead_task(&service, &clock).await;
+        rang(&service).await; // its creation rang: no worker had planned a look yet
+        clock.set(50_000);
+        service.alarm().sleep_until(51_000);
+        assert!(!rang(&service).await);
+        service.retry(task.id).await.expect("retry");
+        assert!(rang(&service).await);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use kafka_retry::domain::{TaskId, TaskState};
 use serde_json::json;
 
-use crate::helpers::{TestApp, consume, create_topic, eventually, kafka_addr, task_body};
+use crate::helpers::{TestApp, consume, create_topic, eventually, kafka_addr, task_body, unique};
 
 #[tokio::test]
 async fn a_task_is_published_once_due_to_its_partition_with_the_exact_bytes() {
@@ -144,5 +144,33 @@ async fn an_exhausted_task_without_dead_destination_stays_visible_as_dead() {
     assert_eq!(task.attempts, 1);
     assert!(task.last_error.is_some_and(|e| !e.is_empty()));
     assert_eq!(store.counts().await.expect("counts").as_tuple(), (0, 0, 1));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_stored_while_the_worker_sleeps_wakes_it_instead_of_waiting_for_the_poll() {
+    let app = TestApp::spawn_with(&unique("alarm"), &[("POLL_INTERVAL", "60s")]).await;
+    let topic = create_topic(1).await;
+    // The worker has made its first, empty claim and sleeps for the poll interval.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posted = Instant::now();
+    let (status, body) = app.post_task(&task_body("wake up", &topic, 0, 3, 1)).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Due a second later; without the alarm the worker would look again after 60 s.
+    let records = consume(
+        &topic,
+        1,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        records.len(),
+        1,
+        "delivered before the poll interval ran out"
+    );
+    assert_eq!(records[0].payload, b"wake up");
+    assert!(posted.elapsed() < Duration::from_secs(60));
     app.stop().await;
 }
