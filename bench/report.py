@@ -138,6 +138,9 @@ for r in rows:
             warnings.append("redis_memory: used_memory moved by other clients too (delta "
                             f"{delta:,} B vs MEMORY USAGE {r['memory_usage_keys']:,} B); "
                             "trust MEMORY USAGE")
+    if r.get("redis_forks"):
+        warnings.append(f"{r['figure']} run {r['rep']}: Redis forked {r['redis_forks']} time(s) "
+                        "during the run (an AOF rewrite or snapshot of the whole data set)")
     if r.get("reached") is False or (r.get("expected") and r.get("received", 0) < r["expected"]):
         warnings.append(f"{r['figure']} run {r['rep']}: not every task reached Kafka in time")
 if warnings:

@@ -171,6 +171,7 @@ cargo build --release --bin kafka-retry --example bench_tool >"$OUT/build.log" 2
   tail -n 40 "$OUT/build.log" >&2
   die "cargo build --release failed"
 }
+sync # the build's writes go to disk now, not in a measurement (writeback can stall Redis's AOF)
 BUILD_SECONDS=$(($(date +%s) - T_BUILD))
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
@@ -291,6 +292,53 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------------
+# Redis's background work: kept out of measurements where it is not what they measure
+# ------------------------------------------------------------------------------------------------
+redis_info() { # redis_info SECTION FIELD: one field of INFO
+  redis-cli -p "$REDIS_PORT" info "$1" | tr -d '\r' | sed -n "s/^$2://p"
+}
+
+# Waits (up to 10 min) until Redis is not saving a snapshot or rewriting its AOF, so that no fork
+# started by earlier writes falls in the next measurement.
+persistence_wait() {
+  for _ in $(seq 1 3000); do
+    [ "$(redis_info persistence rdb_bgsave_in_progress)" = 0 ] &&
+      [ "$(redis_info persistence aof_rewrite_in_progress)" = 0 ] &&
+      [ "$(redis_info persistence aof_rewrite_scheduled)" = 0 ] && return 0
+    sleep 0.2
+  done
+  log "warning: Redis is still saving after 10 minutes"
+}
+
+# Rewrites the AOF before a figure 5 measurement, as Redis would by itself once the file doubled:
+# done here, the fork falls before the measurement instead of inside it. (With a small schedule,
+# one run's 200,000 tasks double the file, and the rewrite would land in the small sizes' runs.)
+aof_settle() {
+  [ "$(redis_info persistence aof_enabled)" = 1 ] || return 0
+  persistence_wait
+  redis-cli -p "$REDIS_PORT" bgrewriteaof >/dev/null
+  sleep 0.5
+  persistence_wait
+}
+
+# rehash_settle PREFIX COUNT: finishes the incremental rehash that a large preload leaves in the
+# dictionaries of the schedule and the records hash. Redis doubles a dictionary's table when it
+# fills and then moves one bucket per later command on that key, so right after growing to 10
+# million tasks every command pays for moving buckets and for looking in two tables, until about
+# as many commands as the key holds tasks have run. A service whose schedule has reached its size
+# has long paid that; without this step figure 5 measures the growth instead of the size. Cheap
+# lookups of a missing member (ZSCORE, HEXISTS) each move one bucket; 1.2 per task is enough.
+rehash_settle() {
+  local prefix=$1 count=$2 chunk=500000
+  [ "${BENCH_REHASH_SETTLE:-1}" = 1 ] || return 0
+  for _ in $(seq 1 $(((count * 12 / 10 + chunk - 1) / chunk))); do
+    redis-cli -p "$REDIS_PORT" eval "for i = 1, tonumber(ARGV[1]) do
+        redis.call('ZSCORE', KEYS[1], '') redis.call('HEXISTS', KEYS[2], '') end" \
+      2 "$prefix:tasks" "{$prefix:tasks}:records" "$chunk" >/dev/null
+  done
+}
+
+# ------------------------------------------------------------------------------------------------
 # Perf profiles (BENCH_PROFILE=1)
 # ------------------------------------------------------------------------------------------------
 PERF_PID=""
@@ -343,25 +391,31 @@ EOF
 }
 
 bench_http() {
-  local prefix=$TAG-http rep file
+  local prefix=$TAG-http rep file forks
   PREFIXES+=("$prefix")
   log "figures 1-2: HTTP task creation ($HTTP_CONNECTIONS connections; ${HTTP_SECONDS}s closed loop, ${P99_SECONDS}s at $P99_RATE/s open loop; $REPS run(s))"
   svc_start "$prefix"
   oha_run "$OUT/oha-warmup.json" 2 || die "oha failed: $(cat "$OUT/oha-warmup.json.err")"
   for rep in $(seq 1 "$REPS"); do
     file=$OUT/oha-create-$rep.json
+    persistence_wait
+    forks=$(redis_info stats total_forks)
     cpu_mark
     [ "$rep" = 1 ] && perf_start http "$((HTTP_SECONDS > 10 ? 10 : HTTP_SECONDS))"
     oha_run "$file" "$HTTP_SECONDS" || die "oha failed: $(cat "$file.err")"
     perf_wait
-    record http_create "$rep" "$(oha_json "$file")" "{\"cpu\": $(cpu_json "$file.cpu")}"
+    record http_create "$rep" "$(oha_json "$file")" "{\"cpu\": $(cpu_json "$file.cpu")}" \
+      "{\"redis_forks\": $(($(redis_info stats total_forks) - forks))}"
     log "  create run $rep: $(tail -n 1 "$RESULTS" | cut -c1-200)"
 
     file=$OUT/oha-p99-$rep.json
+    persistence_wait # an AOF rewrite the closed-loop run set off finishes first
+    forks=$(redis_info stats total_forks)
     cpu_mark
     oha_run "$file" "$P99_SECONDS" -q "$P99_RATE" --latency-correction ||
       die "oha failed: $(cat "$file.err")"
-    record http_p99 "$rep" "$(oha_json "$file")" "{\"cpu\": $(cpu_json "$file.cpu")}"
+    record http_p99 "$rep" "$(oha_json "$file")" "{\"cpu\": $(cpu_json "$file.cpu")}" \
+      "{\"redis_forks\": $(($(redis_info stats total_forks) - forks))}"
     log "  p99 run $rep: $(tail -n 1 "$RESULTS" | cut -c1-200)"
   done
   read -r hwm rss < <(svc_mem)
@@ -373,50 +427,6 @@ bench_http() {
 # ------------------------------------------------------------------------------------------------
 # Figures 3 and 5: delivery of tasks all due at once
 # ------------------------------------------------------------------------------------------------
-
-redis_info() { # redis_info SECTION FIELD: one field of INFO
-  redis-cli -p "$REDIS_PORT" info "$1" | tr -d '\r' | sed -n "s/^$2://p"
-}
-
-# Waits (up to 10 min) until Redis is not saving a snapshot or rewriting its AOF, so that no fork
-# started by earlier writes falls in the next measurement.
-persistence_wait() {
-  for _ in $(seq 1 3000); do
-    [ "$(redis_info persistence rdb_bgsave_in_progress)" = 0 ] &&
-      [ "$(redis_info persistence aof_rewrite_in_progress)" = 0 ] &&
-      [ "$(redis_info persistence aof_rewrite_scheduled)" = 0 ] && return 0
-    sleep 0.2
-  done
-  log "warning: Redis is still saving after 10 minutes"
-}
-
-# Rewrites the AOF before a figure 5 measurement, as Redis would by itself once the file doubled:
-# done here, the fork falls before the measurement instead of inside it. (With a small schedule,
-# one run's 200,000 tasks double the file, and the rewrite would land in the small sizes' runs.)
-aof_settle() {
-  [ "$(redis_info persistence aof_enabled)" = 1 ] || return 0
-  persistence_wait
-  redis-cli -p "$REDIS_PORT" bgrewriteaof >/dev/null
-  sleep 0.5
-  persistence_wait
-}
-
-# rehash_settle PREFIX COUNT: finishes the incremental rehash that a large preload leaves in the
-# dictionaries of the schedule and the records hash. Redis doubles a dictionary's table when it
-# fills and then moves one bucket per later command on that key, so right after growing to 10
-# million tasks every command pays for moving buckets and for looking in two tables, until about
-# as many commands as the key holds tasks have run. A service whose schedule has reached its size
-# has long paid that; without this step figure 5 measures the growth instead of the size. Cheap
-# lookups of a missing member (ZSCORE, HEXISTS) each move one bucket; 1.2 per task is enough.
-rehash_settle() {
-  local prefix=$1 count=$2 chunk=500000
-  [ "${BENCH_REHASH_SETTLE:-1}" = 1 ] || return 0
-  for _ in $(seq 1 $(((count * 12 / 10 + chunk - 1) / chunk))); do
-    redis-cli -p "$REDIS_PORT" eval "for i = 1, tonumber(ARGV[1]) do
-        redis.call('ZSCORE', KEYS[1], '') redis.call('HEXISTS', KEYS[2], '') end" \
-      2 "$prefix:tasks" "{$prefix:tasks}:records" "$chunk" >/dev/null
-  done
-}
 
 # deliver FIGURE REP PREFIX COUNT [PENDING]: preloads COUNT due tasks under PREFIX (which holds
 # PENDING tasks due later, for figure 5; Redis's dictionaries and AOF are then settled), starts
