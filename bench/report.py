@@ -54,7 +54,7 @@ reps = meta["reps"]
 # 1. HTTP creation
 v = median("http_create", "created_per_second")
 if v is not None:
-    row(f"Task creation, HTTP keep-alive, 64 connections",
+    row(f"Task creation, HTTP keep-alive, 64 connections (wrk)",
         fmt(v, " tasks/s") + spread("http_create", "created_per_second"),
         ">= 30,000 tasks/s", v >= 30000, "~1,000 tasks/s (HTTP-bound)")
 # 2. p99 at 10k/s
@@ -115,7 +115,7 @@ if mem:
 
 print(f"\n## kafka-retry benchmark: {meta['mode']} mode, median of {reps} run(s)\n")
 print(f"{meta['started']} · git {meta['git']} · {meta['nproc']} cores ({meta['cpu']}) · "
-      f"{int(meta['mem_total_kb']) / 1048576:.0f} GiB · Redis {meta['redis']} · oha {meta['oha']} · "
+      f"{int(meta['mem_total_kb']) / 1048576:.0f} GiB · Redis {meta['redis']} · wrk {meta.get('wrk', '?')} · oha {meta['oha']} · "
       f"payload {meta['payload_bytes']} B · {meta['partitions']} partition(s)"
       + (f" · service settings: {meta['service_env']}" if meta.get("service_env") else "") + "\n")
 print("| Figure | Value | Target | Met | Go README |")
@@ -128,6 +128,9 @@ for r in rows:
     if r.get("non_201"):
         warnings.append(f"{r['figure']} run {r['rep']}: {r['non_201']} responses were not 201 "
                         f"(errors {r.get('errors')}); only 201s are counted")
+    if r.get("stored") is not None and r["stored"] < r.get("created", 0):
+        warnings.append(f"{r['figure']} run {r['rep']}: {r['created']} tasks answered as created, "
+                        f"but Redis gained only {r['stored']}")
     p = r.get("preload")
     if isinstance(p, dict) and r.get("first_due") and p.get("finished_at", 0) > r["first_due"]:
         warnings.append(f"{r['figure']} run {r['rep']}: the preload ended "
