@@ -54,7 +54,8 @@ reps = meta["reps"]
 # 1. HTTP creation
 v = median("http_create", "created_per_second")
 if v is not None:
-    row(f"Task creation, HTTP keep-alive, 64 connections (wrk)",
+    client = next((r.get("client", "oha") for r in rows if r["figure"] == "http_create"), "wrk")
+    row(f"Task creation, HTTP keep-alive, 64 connections ({client})",
         fmt(v, " tasks/s") + spread("http_create", "created_per_second"),
         ">= 30,000 tasks/s", v >= 30000, "~1,000 tasks/s (HTTP-bound)")
 # 2. p99 at 10k/s

@@ -26,6 +26,7 @@
 #   BENCH_REPS             runs per figure [smoke 1, full 3]; the table quotes the median
 #   BENCH_ONLY             space-separated figures to run: http delivery lateness memory claim [all]
 #   BENCH_OUT              where results go [target/bench/<mode>-<time>]; target/bench/last links it
+#   BENCH_HTTP_CLIENT      figure 1's client: wrk, or oha for comparison [wrk]
 #   BENCH_PARTITIONS       partitions of each delivery topic; tasks spread over them [1]
 #   BENCH_PAYLOAD_BYTES    payload size of every task [100]
 #   BENCH_KEEP_SERVICES    1: leave Redis and Kafka running even if this script started them [0]
@@ -63,6 +64,12 @@ PAYLOAD_BYTES=${BENCH_PAYLOAD_BYTES:-100}
 PARTITIONS=${BENCH_PARTITIONS:-1}
 ONLY=${BENCH_ONLY:-http delivery lateness memory claim}
 PROFILE=${BENCH_PROFILE:-0}
+HTTP_CLIENT=${BENCH_HTTP_CLIENT:-wrk}
+case "$HTTP_CLIENT" in wrk | oha) ;; *)
+  echo "BENCH_HTTP_CLIENT must be wrk or oha" >&2
+  exit 2
+  ;;
+esac
 
 if [ "$MODE" = full ]; then
   REPS=${BENCH_REPS:-3}
@@ -413,8 +420,8 @@ oha_run() { # oha_run OUTFILE SECONDS [extra oha flags...]; oha's CPU seconds go
     "http://127.0.0.1:$SVC_PORT/tasks" >"$file" 2>"$file.err"
 }
 
-oha_json() { # oha_json FILE: the figures we keep from oha's JSON report
-  python3 - "$1" <<'EOF'
+oha_json() { # oha_json FILE [STORED]: the figures we keep from oha's JSON report
+  python3 - "$1" "${2:-}" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["summary"]
@@ -428,7 +435,8 @@ print(json.dumps({"created_per_second": round(created / secs, 1),
   "requests_per_second": round(s.get("requestsPerSec", 0), 1), "responses": total, "created": created,
   "non_201": total - created, "errors": r.get("errorDistribution", {}),
   "p50_ms": ms("p50"), "p90_ms": ms("p90"), "p99_ms": ms("p99"), "p999_ms": ms("p99.9"),
-  "max_ms": round(s["slowest"] * 1000, 3) if s.get("slowest") else None}))
+  "max_ms": round(s["slowest"] * 1000, 3) if s.get("slowest") else None, "client": "oha",
+  **({"stored": int(sys.argv[2])} if sys.argv[2] else {})}))
 EOF
 }
 
@@ -439,16 +447,20 @@ bench_http() {
   svc_start "$prefix"
   oha_run "$OUT/oha-warmup.json" 2 || die "oha failed: $(cat "$OUT/oha-warmup.json.err")"
   for rep in $(seq 1 "$REPS"); do
-    file=$OUT/wrk-create-$rep.json
+    file=$OUT/$HTTP_CLIENT-create-$rep.json
     persistence_wait
     forks=$(redis_info stats total_forks)
     cpu_mark
     stored=$(redis-cli -p "$REDIS_PORT" zcard "$prefix:tasks")
     [ "$rep" = 1 ] && perf_start http "$((HTTP_SECONDS > 10 ? 10 : HTTP_SECONDS))"
-    wrk_run "$file" "$HTTP_SECONDS" || die "wrk failed: $(cat "$file.err" "$file.out")"
+    if [ "$HTTP_CLIENT" = oha ]; then
+      oha_run "$file" "$HTTP_SECONDS" || die "oha failed: $(cat "$file.err")"
+    else
+      wrk_run "$file" "$HTTP_SECONDS" || die "wrk failed: $(cat "$file.err" "$file.out")"
+    fi
     perf_wait
     stored=$(($(redis-cli -p "$REDIS_PORT" zcard "$prefix:tasks") - stored))
-    record http_create "$rep" "$(wrk_json "$file" "$stored")" "{\"cpu\": $(cpu_json "$file.cpu")}" \
+    record http_create "$rep" "$("${HTTP_CLIENT}_json" "$file" "$stored")" "{\"cpu\": $(cpu_json "$file.cpu")}" \
       "{\"redis_forks\": $(($(redis_info stats total_forks) - forks))}"
     log "  create run $rep: $(tail -n 1 "$RESULTS" | cut -c1-200)"
 
