@@ -440,6 +440,17 @@ print(json.dumps({"created_per_second": round(created / secs, 1),
 EOF
 }
 
+# Every HTTP run starts alike: the tasks of the runs before removed, and the AOF rewritten while
+# it holds little. Otherwise each run measures a larger data set than the one before (3 runs of
+# 15 s at 33,000/s store 1.5 million tasks), and the forks of Redis's automatic AOF rewrites,
+# which stop Redis for a time that grows with its memory and then take a core for seconds, fall
+# more often and cost more in each later run. Forks inside a run are still counted and reported.
+http_fresh_start() { # http_fresh_start PREFIX
+  tool clear --prefix "$1" >/dev/null
+  lazyfree_wait
+  aof_settle
+}
+
 bench_http() {
   local prefix=$TAG-http rep file forks stored
   PREFIXES+=("$prefix")
@@ -448,7 +459,7 @@ bench_http() {
   oha_run "$OUT/oha-warmup.json" 2 || die "oha failed: $(cat "$OUT/oha-warmup.json.err")"
   for rep in $(seq 1 "$REPS"); do
     file=$OUT/$HTTP_CLIENT-create-$rep.json
-    persistence_wait
+    http_fresh_start "$prefix"
     forks=$(redis_info stats total_forks)
     cpu_mark
     stored=$(redis-cli -p "$REDIS_PORT" zcard "$prefix:tasks")
@@ -465,7 +476,7 @@ bench_http() {
     log "  create run $rep: $(tail -n 1 "$RESULTS" | cut -c1-200)"
 
     file=$OUT/oha-p99-$rep.json
-    persistence_wait # an AOF rewrite the closed-loop run set off finishes first
+    http_fresh_start "$prefix"
     forks=$(redis_info stats total_forks)
     cpu_mark
     oha_run "$file" "$P99_SECONDS" -q "$P99_RATE" --latency-correction ||
