@@ -373,26 +373,12 @@ print(json.dumps({"payload": "x" * int(sys.argv[1]),
   "max_retries": 3, "retry_delay_seconds": 86400}, separators=(",", ":")))' "$PAYLOAD_BYTES" "$BENCH_KAFKA")
 
 # Figure 1's client. wrk spends about 13 µs of CPU per request here against oha's 20 µs, and in a
-# closed loop on 2 shared cores what the client spends the service does not get. Its Lua `done`
-# hook prints the summary as one JSON line.
-WRK_SCRIPT=$OUT/post.lua
-python3 - "$TASK_BODY" >"$WRK_SCRIPT" <<'EOF'
-import json, sys
-print("wrk.method = \"POST\"")
-print("wrk.headers[\"Content-Type\"] = \"application/json\"")
-print("wrk.body = " + json.dumps(sys.argv[1]))
-print("""function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, '
-    .. '"write": %d, "status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
-end""")
-EOF
-
+# closed loop on 2 shared cores what the client spends the service does not get. bench/post.lua
+# sends TASK_BODY and prints wrk's summary as one JSON line.
 wrk_run() { # wrk_run OUTFILE SECONDS; wrk's CPU seconds go to OUTFILE.cpu
   local file=$1 seconds=$2
-  /usr/bin/time -f '{"user": %U, "system": %S, "elapsed": %e}' -o "$file.cpu" wrk -t 2 -c "$HTTP_CONNECTIONS" -d "${seconds}s" -s "$WRK_SCRIPT" \
+  /usr/bin/time -f '{"user": %U, "system": %S, "elapsed": %e}' -o "$file.cpu" env BENCH_TASK_BODY="$TASK_BODY" \
+    wrk -t 2 -c "$HTTP_CONNECTIONS" -d "${seconds}s" -s "$BENCH_DIR/post.lua" \
     "http://127.0.0.1:$SVC_PORT/tasks" >"$file.out" 2>"$file.err" &&
     sed -n 's/^WRK_JSON //p' "$file.out" >"$file" && [ -s "$file" ]
 }
