@@ -323,8 +323,8 @@ persistence_wait() {
 # done here, the fork falls before the measurement instead of inside it. (With a small schedule,
 # one run's 200,000 tasks double the file, and the rewrite would land in the small sizes' runs.)
 aof_settle() {
-  [ "$(redis_info persistence aof_enabled)" = 1 ] || return 0
   persistence_wait
+  [ "$(redis_info persistence aof_enabled)" = 1 ] || return 0
   redis-cli -p "$REDIS_PORT" bgrewriteaof >/dev/null
   sleep 0.5
   persistence_wait
